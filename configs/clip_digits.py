@@ -1,0 +1,76 @@
+"""Image-text contrastive pretraining on the embedded MNIST digits with captions.
+
+The main job: `python -m mmjax.main --config configs/clip_digits.py --workdir <dir>`.
+Variants: `configs/clip_digits.py:loss=sigmoid,model=tiny`, keys:
+  loss   softmax (CLIP InfoNCE) | sigmoid (SigLIP)
+  model  tiny (tests) | small (default, ~5 min on a 2-core CPU) | base
+  steps  total train steps (default depends on model)
+Single fields: `--config.optim.lr=3e-4`, `--config.batch_size=128`, ...
+"""
+import ml_collections
+
+from mmjax.config_utils import parse_variant
+from mmjax.data.pipeline import default_data_config
+
+# (width, depth, heads, mlp, patch, embed_dim, steps) per size; 28x28 digits.
+MODEL_SIZES = {
+    "tiny": dict(width=32, depth=1, heads=2, mlp=64, patch=7, embed=32, steps=20),
+    "small": dict(width=128, depth=3, heads=4, mlp=256, patch=7, embed=128, steps=1200),
+    "base": dict(width=256, depth=6, heads=8, mlp=1024, patch=4, embed=256, steps=3000),
+}
+# SigLIP initialises t' = log 10, b = -10; CLIP t = 1/0.07.
+LOGIT_INIT = {"softmax": (1 / 0.07, 0.0), "sigmoid": (10.0, -10.0)}
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    variant = parse_variant(arg, {"loss": "softmax", "model": "small", "steps": 0},
+                            choices={"loss": tuple(LOGIT_INIT), "model": tuple(MODEL_SIZES)})
+    size = MODEL_SIZES[variant.model]
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.total_steps = variant.steps or size["steps"]
+    c.batch_size = 256
+    c.log_every_steps = 50
+    c.tensorboard = True
+
+    c.data = default_data_config()
+
+    c.model = ml_collections.ConfigDict()
+    c.model.embed_dim = size["embed"]
+    c.model.logit_scale_init, c.model.logit_bias_init = LOGIT_INIT[variant.loss]
+    c.model.dtype = "float32"
+    c.model.param_dtype = "float32"
+    tower = dict(width=size["width"], depth=size["depth"], num_heads=size["heads"], mlp_dim=size["mlp"],
+                 scan=False, remat="none", posemb="learn")
+    c.model.towers = ml_collections.ConfigDict({
+        "image": dict(encoder="vit", patch_size=size["patch"], pool="gap", **tower),
+        "text": dict(encoder="text", vocab_size=259, causal=True, pool="eot", pad_id=0, **tower),
+    })
+    # The text tower's context follows the tokenizer's length unless overridden.
+    c.model.towers.text.max_len = c.data.get_ref("text_len")
+
+    c.objective = ml_collections.ConfigDict({"name": variant.loss, "modalities": ("image", "text")})
+
+    c.optim = ml_collections.ConfigDict(dict(
+        name="adamw", lr=2e-3, warmup_steps=100, schedule="cosine", min_lr_ratio=0.0,
+        b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.05, grad_clip_norm=1.0,
+        # No decay for biases, norms, embeddings, the class token and the temperature.
+        no_decay_regex=r"(bias|scale|embedding|pos_embedding|cls|log_logit_scale)$",
+        freeze_regex=""))
+
+    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+    # (regex on the param path, PartitionSpec); first match wins, rest replicated
+    # or, with mesh.fsdp > 1, sharded over 'fsdp' above fsdp_min_size elements.
+    c.sharding = ml_collections.ConfigDict({"rules": (), "fsdp_min_size": 2**18})
+
+    c.checkpoint = ml_collections.ConfigDict({"every_steps": 200, "keep": 3, "async_save": True})
+    c.eval = ml_collections.ConfigDict({"every_steps": 400, "batch_size": 512, "retrieval_ks": (1, 5, 10)})
+    # Test hook: SIGKILL this process right after step N (-1: never).
+    c.debug = ml_collections.ConfigDict({"sigkill_after_step": -1})
+
+    if variant.model == "tiny":
+        c.batch_size, c.log_every_steps = 32, 1
+        c.optim.warmup_steps = 2
+        c.checkpoint.every_steps, c.eval.every_steps, c.eval.batch_size = 5, 0, 256
+    c.lock()
+    return c

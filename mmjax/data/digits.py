@@ -1,0 +1,201 @@
+"""`digits_captions`: the embedded MNIST test split as an image-caption dataset.
+
+The 10,000 official MNIST test digits ship with the package (raw/mnist, IDX
+gzip), so a contrastive image-text run needs no network. A fixed permutation
+(seed 0) sends 8,000 to "train" and 2,000 to "test"; each image gets one
+caption from `CAPTION_TEMPLATES`, chosen by a fixed seed, so the text side has
+to learn that "seven", "7" and "a handwritten seven" name the same class.
+
+The builder writes ArrayRecord, which `tfds.data_source` reads without
+TensorFlow. `ensure_prepared` builds it once per data_dir, under a file lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import gzip
+import logging
+import os
+import time
+
+from etils import epath
+import numpy as np
+import tensorflow_datasets as tfds
+
+NAME = "digits_captions"
+IMAGE_SHAPE = (28, 28, 1)
+CLASS_NAMES = ("zero", "one", "two", "three", "four",
+               "five", "six", "seven", "eight", "nine")
+NUM_TRAIN = 8000
+
+# Word and numeral forms are mixed so the text tower cannot key on one token.
+# All fit in 30 bytes (the default text_len 32 less bos/eot), so truncation
+# never cuts off the class name.
+CAPTION_TEMPLATES = (
+    "a handwritten {name}",
+    "the digit {digit}",
+    "a photo of the number {name}",
+    "a scanned image of a {digit}",
+    "{name}, written by hand",
+    "a black and white {name}",
+    "the number {digit} in ink",
+    "a small handwritten {digit}",
+    "a pen drawing of a {name}",
+    "digit {digit} ({name})",
+)
+
+# Zero-shot prompt ensemble: half reuse caption templates (in-distribution
+# wording), half are unseen, so the eval measures some generalisation too.
+ZEROSHOT_PROMPTS = (
+    "a handwritten {name}",
+    "the digit {digit}",
+    "a photo of the number {name}",
+    "a drawing of the number {digit}",
+    "an image of a {name}",
+    "the handwritten digit {digit}",
+)
+
+_RAW_DIR = os.path.join(os.path.dirname(__file__), "raw", "mnist")
+_IMAGES_FILE = "t10k-images-idx3-ubyte.gz"
+_LABELS_FILE = "t10k-labels-idx1-ubyte.gz"
+# IDX magic: two zero bytes, dtype code 0x08 (uint8), number of dimensions.
+_IDX_MAGIC = {3: 0x00000803, 1: 0x00000801}
+_SPLIT_SEED = 0
+_CAPTION_SEED = 1
+
+log = logging.getLogger(__name__)
+
+
+def read_idx(path: str, ndim: int) -> np.ndarray:
+    """Parses a gzip IDX file of uint8 values with `ndim` dimensions."""
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    magic = int.from_bytes(data[:4], "big")
+    if magic != _IDX_MAGIC[ndim]:
+        raise ValueError(f"{path}: IDX magic {magic:#010x}, expected {_IDX_MAGIC[ndim]:#010x}")
+    header = 4 + 4 * ndim
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    values = np.frombuffer(data, dtype=np.uint8, offset=header)
+    if values.size != int(np.prod(shape)):
+        raise ValueError(f"{path}: {values.size} values for header shape {shape}")
+    return values.reshape(shape)
+
+
+def load_raw() -> tuple[np.ndarray, np.ndarray]:
+    """Returns the embedded MNIST test split: images [10000, 28, 28] uint8, labels [10000]."""
+    images = read_idx(os.path.join(_RAW_DIR, _IMAGES_FILE), 3)
+    labels = read_idx(os.path.join(_RAW_DIR, _LABELS_FILE), 1)
+    if len(images) != len(labels):
+        raise ValueError(f"{len(images)} MNIST images but {len(labels)} labels")
+    return images, labels
+
+
+def split_indices(num_examples: int) -> dict[str, np.ndarray]:
+    """MNIST indices of each split: a fixed permutation, first NUM_TRAIN are train."""
+    order = np.random.default_rng(_SPLIT_SEED).permutation(num_examples)
+    return {"train": order[:NUM_TRAIN], "test": order[NUM_TRAIN:]}
+
+
+def format_caption(template: str, label: int) -> str:
+    return template.format(name=CLASS_NAMES[label], digit=label)
+
+
+def captions(labels: np.ndarray) -> list[str]:
+    """One caption per MNIST index; drawn once over all indices so a caption
+    depends only on the example, not on which split or order it is built in."""
+    choice = np.random.default_rng(_CAPTION_SEED).integers(len(CAPTION_TEMPLATES), size=len(labels))
+    return [format_caption(CAPTION_TEMPLATES[c], int(y)) for c, y in zip(choice, labels)]
+
+
+class DigitsCaptions(tfds.core.GeneratorBasedBuilder):
+    """MNIST test digits with generated captions, 8,000 train / 2,000 test."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release."}
+
+    @tfds.core.utils.classproperty
+    @classmethod
+    def code_path(cls) -> epath.Path:
+        # TFDS's own lookup for a builder inside a package touches the
+        # `importlib_resources` backport, which is not among our dependencies.
+        return epath.Path(__file__)
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("file_format", "array_record")
+        super().__init__(**kwargs)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return self.dataset_info_from_configs(
+            features=tfds.features.FeaturesDict({
+                "image": tfds.features.Tensor(shape=IMAGE_SHAPE, dtype=np.uint8),
+                "label": tfds.features.ClassLabel(names=CLASS_NAMES),
+                "caption": tfds.features.Text(),
+                "index": tfds.features.Scalar(dtype=np.int64),
+            }),
+            supervised_keys=("image", "label"),
+            homepage="http://yann.lecun.com/exdb/mnist/",
+            license="CC BY-SA 3.0",
+        )
+
+    def _split_generators(self, dl_manager):
+        del dl_manager  # Everything is embedded; nothing to download.
+        images, labels = load_raw()
+        texts = captions(labels)
+        return {
+            split: self._generate_examples(images, labels, texts, indices)
+            for split, indices in split_indices(len(labels)).items()
+        }
+
+    def _generate_examples(self, images, labels, texts, indices):
+        for i in indices:
+            i = int(i)
+            yield i, {
+                "image": images[i][..., None],
+                "label": int(labels[i]),
+                "caption": texts[i],
+                "index": i,
+            }
+
+
+def resolve_data_dir(data_dir: str | None = None) -> str:
+    """`data_dir`, else $MMJAX_DATA_DIR, else ~/.cache/mmjax/tfds."""
+    return os.path.abspath(os.path.expanduser(
+        data_dir or os.environ.get("MMJAX_DATA_DIR") or "~/.cache/mmjax/tfds"))
+
+
+@contextlib.contextmanager
+def _file_lock(path: str):
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _is_prepared(builder: DigitsCaptions) -> bool:
+    # The existence check first keeps TFDS from warning about a missing folder.
+    return builder.data_path.exists() and builder.is_prepared()
+
+
+def ensure_prepared(data_dir: str | None = None) -> str:
+    """Builds `digits_captions` under data_dir unless already there; returns data_dir.
+
+    The lock makes concurrent starters (several processes of one job, parallel
+    test workers) build once: the first builds, the rest wait and then find it
+    prepared. TFDS writes into a temporary directory and renames at the end, so
+    a crashed build never looks prepared.
+    """
+    data_dir = resolve_data_dir(data_dir)
+    if _is_prepared(DigitsCaptions(data_dir=data_dir)):
+        return data_dir
+    os.makedirs(data_dir, exist_ok=True)
+    with _file_lock(os.path.join(data_dir, f".{NAME}.lock")):
+        builder = DigitsCaptions(data_dir=data_dir)  # Re-check: another process may have built it.
+        if not _is_prepared(builder):
+            tfds.disable_progress_bar()
+            start = time.perf_counter()
+            builder.download_and_prepare()
+            log.info("built %s in %s in %.1fs", NAME, data_dir, time.perf_counter() - start)
+    return data_dir

@@ -1,0 +1,90 @@
+"""Zero-shot classification: class embeddings from prompt text, nearest by dot product.
+
+Flow: `build_prompts` -> text tower -> reshape to [C, T, D] -> `prompt_ensemble`
+-> `zeroshot_metrics` against the (normalised) embeddings of the eval examples.
+Ranking and its tie rule are those of `mmjax.evals.retrieval.topk_hits`: a class
+tied with the true one shares the top-k credit, so a collapsed model scores
+exactly chance (k / C), never a flattering 1.0.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from mmjax.evals.retrieval import as_embedding_matrix, select_rows, topk_hits
+
+
+def build_prompts(
+    class_names: Sequence[str], digits: Sequence[str], templates: Sequence[str]
+) -> list[str]:
+    """All class x template prompts, class-major (C * T strings).
+
+    Args:
+      class_names: [C] e.g. "seven".
+      digits: [C] the matching numeral, e.g. "7".
+      templates: [T] format strings that may use `{name}` and/or `{digit}`.
+
+    Returns:
+      prompts[c * T + t] = templates[t] filled in for class c, so the text
+      tower's output reshapes directly to [C, T, D].
+    """
+    if len(digits) != len(class_names):
+        raise ValueError(
+            f"{len(class_names)} class names but {len(digits)} digits; need one each")
+    return [template.format(name=name, digit=digit)
+            for name, digit in zip(class_names, digits)
+            for template in templates]
+
+
+def prompt_ensemble(text_embeddings) -> np.ndarray:
+    """CLIP prompt ensembling: [C, T, D] normalised embeddings -> [C, D].
+
+    Averages each class's template embeddings and re-normalises, so every class
+    competes on direction only, whatever the templates' agreement.
+    """
+    x = np.asarray(text_embeddings, dtype=np.float32)
+    if x.ndim != 3:
+        raise ValueError(f"text_embeddings must be [C, T, D], got shape {x.shape}")
+    mean = x.mean(axis=1)  # [C, D]
+    norm = np.linalg.norm(mean, axis=-1, keepdims=True)
+    # The floor only matters for templates that cancel out exactly.
+    return mean / np.maximum(norm, 1e-12)
+
+
+def zeroshot_metrics(
+    embeddings,
+    labels,
+    class_embeddings,
+    mask=None,
+    topk: Sequence[int] = (1, 5),
+) -> dict[str, float]:
+    """Top-k zero-shot accuracy of `labels` under dot-product class scores.
+
+    Args:
+      embeddings: [N, D] example embeddings (e.g. images), normalised.
+      labels: [N] int class ids in [0, C).
+      class_embeddings: [C, D], e.g. from `prompt_ensemble`.
+      mask: optional [N] bool; False rows (eval padding) are ignored.
+      topk: cut-offs; one "zeroshot_top{k}" entry per k.
+
+    Returns:
+      {"zeroshot_top1": ..., "zeroshot_top5": ...} as Python floats in [0, 1].
+    """
+    embeddings, labels = np.asarray(embeddings), np.asarray(labels)
+    if labels.shape != embeddings.shape[:1] or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be {embeddings.shape[:1]} integers, "
+                         f"got {labels.shape} {labels.dtype}")
+    # Mask first: padding rows may hold anything, NaN or label -1 included.
+    embeddings, labels = select_rows(mask, embeddings, labels)
+    embeddings = as_embedding_matrix(embeddings, "embeddings")
+    class_embeddings = as_embedding_matrix(class_embeddings, "class_embeddings")
+    num_classes = class_embeddings.shape[0]
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise ValueError(
+            f"labels span [{labels.min()}, {labels.max()}] but there are {num_classes} classes")
+
+    scores = embeddings @ class_embeddings.T  # [N, C]
+    positive = scores[np.arange(len(labels)), labels]
+    hits = topk_hits(scores, positive, topk).mean(axis=0)
+    return {f"zeroshot_top{k}": float(h) for k, h in zip(topk, hits)}

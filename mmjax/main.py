@@ -1,0 +1,36 @@
+"""mmjax command line: `python -m mmjax.main --config <file>[:variant] --workdir <dir>`.
+
+Override any config field with `--config.a.b=value`. Running again with the
+same workdir resumes from its latest checkpoint.
+"""
+import logging
+import os
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, optionally with ':variant'.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics; reused to resume.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "host:port of process 0 for multi-host runs (else JAX's auto-detection).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-host run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in a multi-host run.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    del argv
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    if _COORDINATOR.value or os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        import jax
+        jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    from mmjax import train  # after distributed init: importing jax.devices() first would pin one process
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

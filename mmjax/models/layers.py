@@ -1,0 +1,142 @@
+"""Transformer building blocks shared by every tower.
+
+One block, one encoder stack: the ViT, the text transformer and (later) the
+audio and point-cloud towers differ only in how they turn their input into
+tokens, never in the transformer itself.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+
+# Names accepted by `Encoder.remat`; "none" disables rematerialisation.
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def posemb_sincos_1d(length: int, width: int, temperature: float = 10_000.0) -> np.ndarray:
+    """Fixed sine-cosine position embedding, [length, width] (Transformer paper)."""
+    if width % 2:
+        raise ValueError(f"sincos position embedding needs an even width, got {width}")
+    omega = 1.0 / temperature ** (np.arange(width // 2) / (width // 2))
+    angles = np.arange(length)[:, None] * omega[None, :]
+    return np.concatenate([np.sin(angles), np.cos(angles)], axis=1).astype(np.float32)
+
+
+def posemb_sincos_2d(height: int, width_px: int, width: int, temperature: float = 10_000.0) -> np.ndarray:
+    """2-D sine-cosine embedding, [height*width_px, width] (MoCo v3 / big_vision)."""
+    if width % 4:
+        raise ValueError(f"2-D sincos position embedding needs width % 4 == 0, got {width}")
+    y, x = np.mgrid[:height, :width_px]
+    omega = 1.0 / temperature ** (np.arange(width // 4) / (width // 4))
+    y = y.reshape(-1)[:, None] * omega[None, :]
+    x = x.reshape(-1)[:, None] * omega[None, :]
+    return np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1).astype(np.float32)
+
+
+class AddPositionEmbedding(nn.Module):
+    """Adds a learned or fixed sincos position embedding to tokens [B, N, D].
+
+    `grid` is the token layout: (N,) for sequences, (H, W) for image patches.
+    """
+
+    kind: str  # "learn" | "sincos"
+    grid: tuple[int, ...]
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        n, d = x.shape[-2:]
+        if int(np.prod(self.grid)) != n:
+            raise ValueError(f"position grid {self.grid} does not match {n} tokens")
+        if self.kind == "learn":
+            pe = self.param("pos_embedding", nn.initializers.normal(stddev=0.02), (n, d), self.param_dtype)
+        elif self.kind == "sincos":
+            pe = posemb_sincos_2d(*self.grid, d) if len(self.grid) == 2 else posemb_sincos_1d(n, d)
+        else:
+            raise ValueError(f"unknown position embedding {self.kind!r}; valid: 'learn', 'sincos'")
+        return x + jnp.asarray(pe, x.dtype)[None]
+
+
+class MlpBlock(nn.Module):
+    mlp_dim: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        dense = lambda features, name: nn.Dense(
+            features, dtype=self.dtype, param_dtype=self.param_dtype,
+            kernel_init=nn.initializers.xavier_uniform(), bias_init=nn.initializers.normal(1e-6), name=name)
+        width = x.shape[-1]
+        return dense(width, "fc2")(nn.gelu(dense(self.mlp_dim, "fc1")(x)))
+
+
+class EncoderBlock(nn.Module):
+    """Pre-LN transformer block: x + MHA(LN(x)), then x + MLP(LN(x)).
+
+    Returns (x, None) so that the same module runs under `nn.scan`.
+    """
+
+    num_heads: int
+    mlp_dim: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, mask=None):  # x: [B, N, D]; mask: [B, 1, N, N] bool or None
+        norm = lambda name: nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+        y = nn.MultiHeadDotProductAttention(
+            num_heads=self.num_heads, dtype=self.dtype, param_dtype=self.param_dtype,
+            kernel_init=nn.initializers.xavier_uniform(), name="attn",
+        )(norm("ln1")(x), mask=mask)
+        x = x + y
+        x = x + MlpBlock(self.mlp_dim, self.dtype, self.param_dtype, name="mlp")(norm("ln2")(x))
+        return x, None
+
+
+class Encoder(nn.Module):
+    """A stack of `depth` EncoderBlocks and a final LayerNorm.
+
+    scan=True stacks the layer params on a leading axis and compiles one block
+    instead of `depth` copies (much faster compiles for deep models); remat
+    trades compute for activation memory with the named policy.
+    """
+
+    depth: int
+    num_heads: int
+    mlp_dim: int
+    scan: bool = False
+    remat: str = "none"
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, mask=None):
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"unknown remat policy {self.remat!r}; valid: {sorted(REMAT_POLICIES)}")
+        block_cls = EncoderBlock
+        if self.remat != "none":
+            # static_argnums=() : mask is an array (or None), nothing static.
+            block_cls = nn.remat(EncoderBlock, policy=REMAT_POLICIES[self.remat], prevent_cse=not self.scan)
+        kwargs = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, dtype=self.dtype, param_dtype=self.param_dtype)
+        if self.scan:
+            stack = nn.scan(
+                block_cls, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+                in_axes=nn.broadcast, length=self.depth, metadata_params={nn.PARTITION_NAME: "layers"},
+            )
+            x, _ = stack(**kwargs, name="blocks")(x, mask)
+        else:
+            for i in range(self.depth):
+                x, _ = block_cls(**kwargs, name=f"block_{i:02d}")(x, mask)
+        return nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="ln_final")(x)

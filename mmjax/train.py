@@ -1,0 +1,202 @@
+"""The mmjax trainer: one file, read top to bottom.
+
+  1. setup      process info, workdir, logging
+  2. mesh       devices -> Mesh, sharding rules
+  3. data       TFDS/ArrayRecord -> Grain iterator (checkpointable), eval batches
+  4. model      towers from config, objective by name
+  5. optimiser  optax from config
+  6. state      params + optimizer state, initialised directly into their shardings
+  7. resume     latest committed checkpoint (model, optimiser, step, data position)
+  8. step       one jit-compiled, donated train step; randomness = fold_in(seed, step)
+  9. evals      zero-shot with a prompt ensemble, retrieval R@K
+ 10. loop       train, log, evaluate, checkpoint; the last line is `final: ...`
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from mmjax import checkpoint as ckpt_lib
+from mmjax import metrics as metrics_lib
+from mmjax import parallel
+from mmjax.data import digits, pipeline
+from mmjax.data.tokenizer import get_tokenizer
+from mmjax.evals import retrieval, zeroshot
+from mmjax.models.towers import build_model
+from mmjax.objectives.contrastive import get_objective
+from mmjax.optim import make_optimizer
+
+log = logging.getLogger(__name__)
+
+
+def train_and_evaluate(config, workdir: str, devices=None) -> dict:
+    """Trains `config` in `workdir`, resuming from its latest checkpoint; returns final metrics."""
+    # ---------------------------------------------------------------- 1. setup
+    process_index, process_count = jax.process_index(), jax.process_count()
+    is_main = process_index == 0
+    os.makedirs(workdir, exist_ok=True)
+    say = print if is_main else (lambda *a, **k: None)
+
+    # ---------------------------------------------------------------- 2. mesh
+    mesh = parallel.make_mesh(config.mesh, devices)
+    dp = parallel.data_parallel_size(mesh)
+    for name, size in (("batch_size", config.batch_size), ("eval.batch_size", config.eval.batch_size)):
+        if size % dp or size % process_count:
+            raise ValueError(f"{name}={size} must divide over {dp} data-parallel devices and {process_count} processes")
+    say(f"mesh: {dict(mesh.shape)} over {len(mesh.devices.flat)} {jax.default_backend()} devices, "
+        f"{process_count} process(es)")
+
+    # ---------------------------------------------------------------- 3. data
+    tokenizer = get_tokenizer(config.data.tokenizer, config.data.text_len)
+    data_dir = digits.ensure_prepared(config.data.data_dir or None)
+    config.data.data_dir = data_dir
+    train_iter = pipeline.make_train_iterator(
+        config.data, global_batch_size=config.batch_size, seed=config.seed, tokenizer=tokenizer,
+        shard_index=process_index, shard_count=process_count)
+    eval_batches = pipeline.make_eval_batches(config.data, split=config.data.eval_split,
+                                              batch_size=config.eval.batch_size, tokenizer=tokenizer)
+    prompts = zeroshot.build_prompts(digits.CLASS_NAMES, [str(d) for d in range(len(digits.CLASS_NAMES))],
+                                     digits.ZEROSHOT_PROMPTS)
+
+    # ---------------------------------------------------------------- 4. model
+    model = build_model(config.model)
+    text_vocab = config.model.towers.text.vocab_size
+    if text_vocab != tokenizer.vocab_size:
+        raise ValueError(f"model.towers.text.vocab_size={text_vocab} but tokenizer "
+                         f"{config.data.tokenizer!r} has {tokenizer.vocab_size} ids")
+    objective = get_objective(config.objective.name)
+
+    # ---------------------------------------------------------------- 5. optimiser
+    tx, schedule = make_optimizer(config.optim, config.total_steps)
+
+    # ---------------------------------------------------------------- 6. state
+    rng = jax.random.key(config.seed)
+    init_rng, train_rng = jax.random.split(rng)
+    example = {k: jnp.zeros((dp,) + v.shape[1:], v.dtype) for k, v in next(iter(eval_batches)).items()
+               if k in config.model.towers}
+
+    def init_state():
+        params = model.init(init_rng, example)["params"]
+        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+
+    abstract_state = jax.eval_shape(init_state)
+    state_shardings = parallel.tree_shardings(abstract_state, mesh, config.sharding.rules,
+                                              config.sharding.fsdp_min_size)
+    num_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(abstract_state["params"]))
+    say(f"model: {num_params / 1e6:.2f}M params; towers {list(config.model.towers)}; "
+        f"objective {config.objective.name}")
+
+    # ---------------------------------------------------------------- 7. resume
+    ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=config.checkpoint.every_steps,
+                                 keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
+    start_step = ckpt.latest_step()
+    if start_step is None:
+        state = jax.jit(init_state, out_shardings=state_shardings)()
+        start_step = 0
+    else:
+        state = ckpt.restore(start_step, ckpt_lib.abstract_like(abstract_state, state_shardings), train_iter)
+        say(f"resumed from step {start_step}")
+
+    # ---------------------------------------------------------------- 8. step
+    batch_sharding = parallel.batch_sharding(mesh)
+
+    def train_step(state, batch):
+        step_rng = jax.random.fold_in(train_rng, state["step"])
+
+        def loss_fn(params):
+            outputs = model.apply({"params": params}, batch, rngs={"dropout": step_rng})
+            return objective(outputs, batch, config.objective)
+
+        (loss, step_metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        new_state = {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
+                     "opt_state": opt_state}
+        step_metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(state["step"]),
+                        **step_metrics}
+        return new_state, step_metrics
+
+    train_step = jax.jit(train_step, in_shardings=(state_shardings, batch_sharding),
+                         out_shardings=(state_shardings, NamedSharding(mesh, P())), donate_argnums=0)
+
+    # ---------------------------------------------------------------- 9. evals
+    replicated = NamedSharding(mesh, P())
+    embed = jax.jit(lambda params, x, modality: model.apply({"params": params}, x, modality, method="embed")[0],
+                    static_argnums=2, out_shardings=replicated)
+
+    def local_rows(x):
+        rows = x.shape[0] // process_count
+        return x[process_index * rows:(process_index + 1) * rows]
+
+    def embed_all(params, batches, modality):
+        out = [np.asarray(embed(params, parallel.host_to_global(local_rows(b[modality]), mesh), modality))
+               for b in batches]
+        return np.concatenate(out)
+
+    def evaluate(params) -> dict:
+        mask = np.concatenate([b["mask"] for b in eval_batches])
+        labels = np.concatenate([b["label"] for b in eval_batches])
+        z_img = embed_all(params, eval_batches, "image")
+        z_txt = embed_all(params, eval_batches, "text")
+        prompt_ids = tokenizer.encode_batch(prompts)
+        pad = -len(prompt_ids) % dp
+        prompt_ids = np.concatenate([prompt_ids, np.repeat(prompt_ids[-1:], pad, axis=0)])
+        z_prompts = embed_all(params, [{"text": prompt_ids}], "text")[:len(prompts)]
+        class_emb = zeroshot.prompt_ensemble(z_prompts.reshape(len(digits.CLASS_NAMES), -1, z_prompts.shape[-1]))
+        results = zeroshot.zeroshot_metrics(z_img, labels, class_emb, mask=mask, topk=(1, 5))
+        results |= retrieval.bidirectional_retrieval(z_img[mask], z_txt[mask], names=("i", "t"),
+                                                     ks=tuple(config.eval.retrieval_ks))
+        return results
+
+    # ---------------------------------------------------------------- 10. loop
+    logger = metrics_lib.MetricLogger(workdir, enabled=is_main, tensorboard=config.tensorboard)
+    meter = metrics_lib.Throughput(config.batch_size, config.total_steps)
+    step = start_step
+    meter.start(step)
+    while step < config.total_steps:
+        try:
+            batch = next(train_iter)
+        except Exception:
+            # The state is intact (the step never ran): keep it before failing.
+            ckpt.save(step, state, train_iter, force=True)
+            ckpt.wait()
+            raise
+        batch = parallel.host_to_global({k: batch[k] for k in config.model.towers}, mesh)
+        state, step_metrics = train_step(state, batch)
+        step += 1
+
+        if step % config.log_every_steps == 0 or step == config.total_steps:
+            step_metrics = {f"train/{k}": v for k, v in jax.device_get(step_metrics).items()}
+            step_metrics |= meter.report(step)
+            logger.write(step, step_metrics)
+            say(metrics_lib.format_line(f"step {step}/{config.total_steps}", step_metrics), flush=True)
+
+        if config.eval.every_steps and step % config.eval.every_steps == 0 and step < config.total_steps:
+            meter.pause(step)
+            eval_results = evaluate(state["params"])
+            logger.write(step, {f"eval/{k}": v for k, v in eval_results.items()})
+            say(metrics_lib.format_line(f"eval {step}", eval_results), flush=True)
+            meter.start(step)
+
+        if ckpt.save(step, state, train_iter, force=step == config.total_steps):
+            log.info("checkpoint save started at step %d", step)
+        if step == config.debug.sigkill_after_step:
+            # Simulated preemption for the resume tests: no cleanup, no flush of
+            # an in-flight async save, exactly what a SIGKILL on a pod does.
+            os.kill(os.getpid(), signal.SIGKILL)
+    meter.pause(step)
+    ckpt.wait()
+
+    eval_results = evaluate(state["params"])
+    logger.write(step, {f"eval/{k}": v for k, v in eval_results.items()})
+    final = {**eval_results, "steps": step, "examples_per_sec": meter.mean_examples_per_sec}
+    logger.close()
+    ckpt.close()
+    say(metrics_lib.format_line("final:", final), flush=True)
+    return final
