@@ -3,10 +3,10 @@
 Override any config field with `--config.a.b=value`. Running again with the
 same workdir resumes from its latest checkpoint.
 """
-import logging
 import os
 
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, optionally with ':variant'.", lock_config=True)
@@ -20,7 +20,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
     del argv
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    absl_logging.set_verbosity(absl_logging.WARNING)  # keep JAX's backend probing off stdout
     if _COORDINATOR.value or os.environ.get("JAX_COORDINATOR_ADDRESS"):
         import jax
         jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)

@@ -13,7 +13,6 @@
 """
 from __future__ import annotations
 
-import logging
 import os
 import signal
 
@@ -32,8 +31,6 @@ from mmjax.evals import retrieval, zeroshot
 from mmjax.models.towers import build_model
 from mmjax.objectives.contrastive import get_objective
 from mmjax.optim import make_optimizer
-
-log = logging.getLogger(__name__)
 
 
 def train_and_evaluate(config, workdir: str, devices=None) -> dict:
@@ -170,6 +167,9 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
         batch = parallel.host_to_global({k: batch[k] for k in config.model.towers}, mesh)
         state, step_metrics = train_step(state, batch)
         step += 1
+        if step == start_step + 1:  # keep compilation out of the throughput figures
+            jax.block_until_ready(state)
+            meter.start(step)
 
         if step % config.log_every_steps == 0 or step == config.total_steps:
             step_metrics = {f"train/{k}": v for k, v in jax.device_get(step_metrics).items()}
@@ -184,12 +184,9 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
             say(metrics_lib.format_line(f"eval {step}", eval_results), flush=True)
             meter.start(step)
 
-        if ckpt.save(step, state, train_iter, force=step == config.total_steps):
-            log.info("checkpoint save started at step %d", step)
         if step == config.debug.sigkill_after_step:
-            # Simulated preemption for the resume tests: no cleanup, no flush of
-            # an in-flight async save, exactly what a SIGKILL on a pod does.
-            os.kill(os.getpid(), signal.SIGKILL)
+            _preempt_mid_save(ckpt, step, state, train_iter)
+        ckpt.save(step, state, train_iter, force=step == config.total_steps)
     meter.pause(step)
     ckpt.wait()
 
@@ -200,3 +197,15 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
     ckpt.close()
     say(metrics_lib.format_line("final:", final), flush=True)
     return final
+
+
+def _preempt_mid_save(ckpt, step, state, train_iter):
+    """Test hook (config.debug.sigkill_after_step): the worst moment for a preemption.
+
+    Earlier checkpoints are committed, a save of `step` is in flight, and the
+    process dies by SIGKILL: no cleanup, no finalisation, as on a pod.
+    """
+    ckpt.wait()
+    ckpt.save(step, state, train_iter, force=True)
+    print(f"debug: SIGKILL after step {step} with its checkpoint save in flight", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -17,6 +17,7 @@ import sys
 import grain
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 from array_record.python.array_record_module import ArrayRecordWriter
 
 from mmjax.data import digits, pipeline
@@ -105,8 +106,6 @@ def test_templates_and_prompts():
     assert set(digits.ZEROSHOT_PROMPTS) & set(digits.CAPTION_TEMPLATES)
     fit = pipeline.default_data_config().text_len - 2
     for template in digits.CAPTION_TEMPLATES + digits.ZEROSHOT_PROMPTS:
-        forms = {"{name}" in template, "{digit}" in template}
-        assert True in forms, template
         for y in range(10):  # Truncation by the tokenizer must never drop the class.
             assert len(digits.format_caption(template, y).encode()) <= fit, template
             assert named_digits(digits.format_caption(template, y)) == {y}
@@ -227,8 +226,8 @@ def test_epochs_cover_train_split_and_reshuffle(small_train, cfg, builder, raw):
     epoch1 = take(small_train(200), 5)
     order = [i for b in epoch1 for i in mnist_indices(b["image"], raw)]
     stored = builder.as_data_source("train")
-    assert sorted(order) == sorted(int(stored[i]["index"]) for i in range(SMALL))
-    assert order != sorted(order)
+    stored_order = [int(stored[i]["index"]) for i in range(SMALL)]
+    assert sorted(order) == sorted(stored_order) and order != stored_order
     epoch2 = small_train(200)
     epoch2.set_state({"next_index": 5})
     assert mnist_indices(next(epoch2)["image"], raw) != order[:200]
@@ -290,7 +289,7 @@ def test_corrupt_record_names_example(cfg, tok, builder, tmp_path):
     # A copy of the dataset whose test file has record 5 overwritten by garbage.
     shutil.copytree(builder.data_path, tmp_path / digits.NAME / "1.0.0")
     path = next((tmp_path / digits.NAME / "1.0.0").glob("*-test.array_record*"))
-    records = list(builder.as_data_source("test", deserialize_method=digits.tfds.decode.DeserializeMethod.RAW_BYTES))
+    records = list(builder.as_data_source("test", deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES))
     records[5] = b"\xffnot a tf.train.Example"
     os.remove(path)
     writer = ArrayRecordWriter(str(path), "group_size:1")

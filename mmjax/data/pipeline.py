@@ -37,7 +37,7 @@ def default_data_config() -> ml_collections.ConfigDict:
         "train_split": "train",
         "eval_split": "test",
         "augment": True,
-        "max_shift": 2,  # Pixels; MNIST digits sit in a 20x20 box, so 2 keeps them whole.
+        "max_shift": 2,  # Pixels; digits fill a centred 20x20 box, so 2 rarely clips one.
         "text_len": 32,  # Tokens incl. bos/eot; every caption template fits in 30 bytes.
         "tokenizer": "bytes",
         # Threads building whole batches ahead of the trainer. Decoding is

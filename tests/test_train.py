@@ -1,0 +1,124 @@
+"""The trainer end to end: 1 vs 8 devices, exact resume after SIGKILL, CLI config errors."""
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from mmjax import metrics, train
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONFIG = str(ROOT / "configs" / "clip_digits.py")
+
+
+def _tiny_config(**overrides):
+    sys.path.insert(0, str(ROOT))
+    from configs import clip_digits
+    config = clip_digits.get_config("model=tiny")
+    with config.unlocked():
+        for key, value in overrides.items():
+            node = config
+            *parents, leaf = key.split(".")
+            for p in parents:
+                node = node[p]
+            node[leaf] = value
+    return config
+
+
+def _losses(workdir) -> dict[int, float]:
+    """Per-step train loss; for steps logged twice (a killed run and its resume) the last wins."""
+    return {r["step"]: r["train/loss"] for r in metrics.read_metrics(str(workdir)) if "train/loss" in r}
+
+
+def test_one_device_equals_eight_devices(tmp_path):
+    """Same global batch, same math: sharding over 8 devices changes reduction order only."""
+    import jax
+    config = _tiny_config(total_steps=5, **{"checkpoint.every_steps": 100})
+    one = train.train_and_evaluate(config, str(tmp_path / "one"), devices=jax.devices()[:1])
+    eight = train.train_and_evaluate(config, str(tmp_path / "eight"), devices=jax.devices()[:8])
+    l1, l8 = _losses(tmp_path / "one"), _losses(tmp_path / "eight")
+    assert sorted(l1) == sorted(l8) == [1, 2, 3, 4, 5]
+    np.testing.assert_allclose([l8[s] for s in range(1, 6)], [l1[s] for s in range(1, 6)], rtol=0, atol=1e-5)
+    assert l1[5] < l1[1]  # it trains
+    assert one["zeroshot_top1"] == pytest.approx(eight["zeroshot_top1"], abs=1e-3)
+
+
+def _run_cli(workdir, *flags, env_extra=None):
+    env = {**os.environ, "XLA_FLAGS": "", **(env_extra or {})}  # one CPU device: fastest compile
+    cmd = [sys.executable, "-m", "mmjax.main", f"--config={CONFIG}:model=tiny,steps=12", f"--workdir={workdir}",
+           "--config.checkpoint.every_steps=4", "--config.tensorboard=False", *flags]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _final_params(workdir):
+    manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), item_names=("state",))
+    step = manager.latest_step()
+    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    return step, state
+
+
+def test_exact_resume_after_sigkill(tmp_path):
+    """Straight 12 steps == 8 steps, SIGKILL mid-save, restart: losses and params bitwise equal."""
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    p_straight = _run_cli(straight)
+    # Killed right after step 9 while its save is in flight; step 8's checkpoint is committed.
+    p_killed = _run_cli(killed, "--config.debug.sigkill_after_step=9")
+    out_straight, _ = p_straight.communicate(timeout=300)
+    out_killed, _ = p_killed.communicate(timeout=300)
+    assert p_straight.returncode == 0, out_straight
+    assert p_killed.returncode == -9, out_killed
+    assert "SIGKILL after step 9" in out_killed
+
+    # A partial checkpoint such as a kill mid-write leaves: it must never be restored.
+    partial = killed / "checkpoints" / "11.orbax-checkpoint-tmp-1234"
+    (partial / "state").mkdir(parents=True)
+    (partial / "state" / "garbage").write_bytes(b"\x00" * 16)
+
+    p_resumed = _run_cli(killed)
+    out_resumed, _ = p_resumed.communicate(timeout=300)
+    assert p_resumed.returncode == 0, out_resumed
+    resumed_from = int(out_resumed.split("resumed from step ")[1].split()[0])
+    assert resumed_from in (8, 9), out_resumed  # 9 only if its in-flight save happened to commit
+    assert not partial.exists()
+
+    ls, lk = _losses(straight), _losses(killed)
+    assert sorted(ls) == list(range(1, 13))
+    for s in range(resumed_from + 1, 13):
+        assert lk[s] == ls[s], (s, lk[s], ls[s])  # bitwise, not approximately
+    step_s, state_s = _final_params(straight)
+    step_k, state_k = _final_params(killed)
+    assert step_s == step_k == 12
+    import jax
+    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(state_s)[0], jax.tree_util.tree_leaves(state_k)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=jax.tree_util.keystr(path))
+    assert out_straight.strip().splitlines()[-1].startswith("final: zeroshot_top1=")
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--config.optim.lrr=0.1", r"Key \"lrr\" does not exist.*'lr'"),
+    ("--config.batch_size=abc", r"batch_size"),
+])
+def test_cli_rejects_bad_config_keys(tmp_path, flag, message):
+    proc = subprocess.run([sys.executable, "-m", "mmjax.main", f"--config={CONFIG}:model=tiny",
+                           f"--workdir={tmp_path}", flag], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    import re
+    assert re.search(message, proc.stderr, re.S), proc.stderr[-2000:]
+
+
+def test_config_variant_errors_list_valid_choices():
+    sys.path.insert(0, str(ROOT))
+    from configs import clip_digits
+    with pytest.raises(ValueError, match=r"valid keys: \['loss', 'model', 'steps'\]"):
+        clip_digits.get_config("los=sigmoid")
+    with pytest.raises(ValueError, match=r"valid: \['softmax', 'sigmoid'\]"):
+        clip_digits.get_config("loss=hinge")
+    config = clip_digits.get_config("loss=sigmoid,model=tiny,steps=7")
+    assert (config.objective.name, config.total_steps, config.model.logit_bias_init) == ("sigmoid", 7, -10.0)
+    # text context follows the tokenizer length through a field reference
+    with config.unlocked():
+        config.data.text_len = 20
+    assert config.model.towers.text.max_len == 20
