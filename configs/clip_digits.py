@@ -15,7 +15,7 @@ from mmjax.data.pipeline import default_data_config
 # (width, depth, heads, mlp, patch, embed_dim, steps) per size; 28x28 digits.
 MODEL_SIZES = {
     "tiny": dict(width=32, depth=1, heads=2, mlp=64, patch=7, embed=32, steps=20),
-    "small": dict(width=128, depth=3, heads=4, mlp=256, patch=7, embed=128, steps=1200),
+    "small": dict(width=128, depth=3, heads=4, mlp=256, patch=7, embed=128, steps=600),
     "base": dict(width=256, depth=6, heads=8, mlp=1024, patch=4, embed=256, steps=3000),
 }
 # SigLIP initialises t' = log 10, b = -10; CLIP t = 1/0.07.
@@ -64,7 +64,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.sharding = ml_collections.ConfigDict({"rules": (), "fsdp_min_size": 2**18})
 
     c.checkpoint = ml_collections.ConfigDict({"every_steps": 200, "keep": 3, "async_save": True})
-    c.eval = ml_collections.ConfigDict({"every_steps": 400, "batch_size": 512, "retrieval_ks": (1, 5, 10)})
+    c.eval = ml_collections.ConfigDict({"every_steps": 200, "batch_size": 512, "retrieval_ks": (1, 5, 10)})
     # Test hook: SIGKILL this process right after step N (-1: never).
     c.debug = ml_collections.ConfigDict({"sigkill_after_step": -1})
 
