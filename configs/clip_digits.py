@@ -44,7 +44,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                  scan=False, remat="none", posemb="learn")
     c.model.towers = ml_collections.ConfigDict({
         "image": dict(encoder="vit", patch_size=size["patch"], pool="gap", **tower),
-        "text": dict(encoder="text", vocab_size=259, causal=True, pool="eot", pad_id=0, **tower),
+        # vocab_size and eot_id come from the tokenizer (config.data.tokenizer).
+        "text": dict(encoder="text", causal=True, pool="eot", **tower),
     })
     # The text tower's context follows the tokenizer's length unless overridden.
     c.model.towers.text.max_len = c.data.get_ref("text_len")

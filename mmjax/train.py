@@ -63,11 +63,7 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
                                      digits.ZEROSHOT_PROMPTS)
 
     # ---------------------------------------------------------------- 4. model
-    model = build_model(config.model)
-    text_vocab = config.model.towers.text.vocab_size
-    if text_vocab != tokenizer.vocab_size:
-        raise ValueError(f"model.towers.text.vocab_size={text_vocab} but tokenizer "
-                         f"{config.data.tokenizer!r} has {tokenizer.vocab_size} ids")
+    model = build_model(config.model, tokenizer)
     objective = get_objective(config.objective.name)
 
     # ---------------------------------------------------------------- 5. optimiser

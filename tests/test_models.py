@@ -67,14 +67,19 @@ def test_scan_matches_layer_loop(remat):
 
 
 def test_text_causal_eot_pool_ignores_padding_and_future():
-    model = TextTransformer(vocab_size=50, max_len=8, causal=True, pool="eot", **TINY)
-    text = jnp.array([[1, 5, 6, 2, 0, 0, 0, 0], [1, 7, 8, 9, 10, 2, 0, 0]])
+    model = TextTransformer(vocab_size=50, max_len=8, causal=True, pool="eot", eot_id=2, **TINY)
+    # Padding with id 0 after the eot; the second row also has a real token 0
+    # before its eot (as CLIP's "!"), which must stay valid.
+    text = jnp.array([[1, 5, 6, 2, 0, 0, 0, 0], [1, 7, 0, 9, 10, 2, 0, 0]])
     variables = init(model, text)
     out = apply(model, variables, text)
     chex.assert_shape(out["tokens"], (2, 8, 32))
     # pooled is the EOT token (last non-pad position)
     np.testing.assert_allclose(out["pooled"][0], out["tokens"][0, 3], atol=1e-6)
     np.testing.assert_allclose(out["pooled"][1], out["tokens"][1, 5], atol=1e-6)
+    # Padding after the eot is ignored.
+    out_pad = apply(model, variables, text.at[0, 5].set(17))
+    np.testing.assert_allclose(out_pad["pooled"][0], out["pooled"][0], atol=1e-6)
     # Causal: changing a later token leaves earlier tokens untouched.
     changed = text.at[1, 4].set(11)
     out2 = apply(model, variables, changed)
@@ -83,7 +88,7 @@ def test_text_causal_eot_pool_ignores_padding_and_future():
 
 
 def test_text_mean_pool_bidirectional():
-    model = TextTransformer(vocab_size=50, max_len=6, causal=False, pool="mean", **TINY)
+    model = TextTransformer(vocab_size=50, max_len=6, causal=False, pool="mean", eot_id=2, **TINY)
     text = jnp.array([[1, 5, 6, 2, 0, 0]])
     variables = init(model, text)
     out = apply(model, variables, text)
@@ -95,7 +100,7 @@ def test_text_mean_pool_bidirectional():
 
 def test_contrastive_model_embeddings_and_dtypes():
     towers = {"image": dict(encoder="vit", patch_size=7, **TINY),
-              "text": dict(encoder="text", vocab_size=50, max_len=8, **TINY)}
+              "text": dict(encoder="text", vocab_size=50, max_len=8, eot_id=2, **TINY)}
     model = ContrastiveModel(towers=towers, embed_dim=16, logit_scale_init=10.0, logit_bias_init=-10.0,
                              dtype="bfloat16", param_dtype="float32")
     batch = {"image": jnp.ones((2, 28, 28, 1)), "text": jnp.array([[1, 4, 2, 0, 0, 0, 0, 0]] * 2)}

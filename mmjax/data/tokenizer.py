@@ -1,7 +1,9 @@
-"""Text tokenizers, by name: `get_tokenizer(config.data.tokenizer, max_len)`.
+"""Text tokenizers, by name: `get_tokenizer(config.data.tokenizer, max_len, path)`.
 
 A tokenizer maps text to a fixed-length int32 row [max_len] laid out as
 [bos] + tokens + [eot] + pads; towers pool at eot, so it is always present.
+Names: "bytes" (UTF-8 bytes, no vocabulary file) and "bpe" (CLIP-format
+byte-level BPE, mmjax.data.bpe; `path` is its merges file).
 """
 
 from __future__ import annotations
@@ -11,13 +13,20 @@ from typing import Protocol
 
 import numpy as np
 
+from mmjax.data.bpe import BPETokenizer
+
 
 class Tokenizer(Protocol):
     """What the pipeline and the zero-shot eval need from any tokenizer."""
 
     vocab_size: int
     max_len: int
+    pad_id: int
+    bos_id: int
+    eot_id: int
 
+    @staticmethod
+    def normalize(text: str) -> str: ...
     def encode(self, text: str) -> np.ndarray: ...
     def encode_batch(self, texts: Sequence[str]) -> np.ndarray: ...
     def decode(self, ids: Sequence[int] | np.ndarray) -> str: ...
@@ -74,10 +83,16 @@ class ByteTokenizer:
         return data.decode("utf-8", errors="replace")
 
 
-TOKENIZERS: dict[str, type[Tokenizer]] = {"bytes": ByteTokenizer}
+TOKENIZERS: dict[str, type[Tokenizer]] = {"bytes": ByteTokenizer, "bpe": BPETokenizer}
 
 
-def get_tokenizer(name: str, max_len: int) -> Tokenizer:
+def get_tokenizer(name: str, max_len: int, path: str | None = None) -> Tokenizer:
+    """`path`: the vocabulary file of tokenizers that have one ("bpe": a merges
+    file, None for the embedded default); "bytes" takes none."""
     if name not in TOKENIZERS:
         raise ValueError(f"unknown tokenizer {name!r}; valid names: {sorted(TOKENIZERS)}")
-    return TOKENIZERS[name](max_len)
+    if path is None:
+        return TOKENIZERS[name](max_len)
+    if name == "bytes":
+        raise ValueError(f"tokenizer 'bytes' has no vocabulary file, got path={path!r}")
+    return TOKENIZERS[name](max_len, path)

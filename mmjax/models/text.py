@@ -10,10 +10,12 @@ from mmjax.models.layers import AddPositionEmbedding, Dtype, Encoder
 class TextTransformer(nn.Module):
     """Token ids [B, L] -> {"pooled": [B, D], "tokens": [B, L, D]}.
 
-    Padding (id `pad_id`) is right-aligned and masked out as attention keys.
-    pool="eot" takes the last non-pad token (the end-of-text token, which under
-    a causal mask is the only one that has seen the whole caption, as in CLIP);
-    pool="mean" averages the non-pad tokens.
+    Every sequence holds one end-of-text token (id `eot_id`); it and the
+    tokens before it are valid, the rest is padding, masked out as attention
+    keys. The end is found by the eot id, not by a pad id, because CLIP's
+    vocabulary pads with id 0, which is also a real token ("!").
+    pool="eot" takes the eot token (under a causal mask the only one that has
+    seen the whole caption, as in CLIP); pool="mean" averages the valid tokens.
     """
 
     vocab_size: int
@@ -24,7 +26,7 @@ class TextTransformer(nn.Module):
     mlp_dim: int = 2048
     causal: bool = True
     pool: str = "eot"  # "eot" | "mean"
-    pad_id: int = 0
+    eot_id: int = 2
     posemb: str = "learn"
     scan: bool = False
     remat: str = "none"
@@ -32,10 +34,12 @@ class TextTransformer(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, text):
+    def __call__(self, text, mask=None):  # mask: unused, validity comes from the eot position
+        del mask
         if text.ndim != 2 or text.shape[1] > self.max_len:
             raise ValueError(f"text must be [B, L<={self.max_len}] token ids, got shape {text.shape}")
-        valid = text != self.pad_id  # [B, L]
+        eot = jnp.argmax(text == self.eot_id, axis=1)  # [B] first eot
+        valid = jnp.arange(text.shape[1])[None, :] <= eot[:, None]  # [B, L]
         x = nn.Embed(self.vocab_size, self.width, embedding_init=nn.initializers.normal(0.02),
                      dtype=self.dtype, param_dtype=self.param_dtype, name="token_embed")(text)
         x = AddPositionEmbedding(self.posemb, (text.shape[1],), self.param_dtype, name="posemb")(x)
@@ -45,8 +49,7 @@ class TextTransformer(nn.Module):
         x = Encoder(self.depth, self.num_heads, self.mlp_dim, self.scan, self.remat, self.dtype,
                     self.param_dtype, name="encoder")(x, mask)
         if self.pool == "eot":
-            last = jnp.maximum(valid.sum(axis=1) - 1, 0)  # [B]
-            pooled = jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0]
+            pooled = jnp.take_along_axis(x, eot[:, None, None], axis=1)[:, 0]
         elif self.pool == "mean":
             w = valid[..., None].astype(x.dtype)
             pooled = (x * w).sum(axis=1) / jnp.maximum(w.sum(axis=1), 1.0)

@@ -2,6 +2,13 @@
 
 A tower is built from a config entry `{"encoder": <name>, **encoder_fields}`;
 the encoder registry is flat so that a config names an encoder as a string.
+Every encoder is called as `encoder(x, mask=None)`, where `mask` marks the
+valid input positions (audio frames) for the encoders that have padding, and
+returns {"pooled": [B, D], "tokens": [B, N, D]}.
+
+Batch convention: `batch[m]` is modality m's input, `batch[m + "_mask"]` its
+optional input-validity mask, and `batch["present"][m]` an optional bool [B]
+that is False where the example lacks m (objectives skip those pairs).
 """
 from __future__ import annotations
 
@@ -66,9 +73,9 @@ class ContrastiveModel(nn.Module):
         self.log_logit_scale = self.param("log_logit_scale", nn.initializers.constant(np.log(self.logit_scale_init)), ())
         self.logit_bias = self.param("logit_bias", nn.initializers.constant(self.logit_bias_init), ())
 
-    def embed(self, x, modality: str):
+    def embed(self, x, modality: str, mask=None):
         """One modality's input -> (normalised embedding [B, E] in float32, tokens)."""
-        out = self.encoders[modality](x)
+        out = self.encoders[modality](x, mask)
         z = self.projections[modality](out["pooled"]).astype(jnp.float32)
         z = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-6)
         return z, out["tokens"]
@@ -77,13 +84,19 @@ class ContrastiveModel(nn.Module):
         embeddings, tokens = {}, {}
         for m in self.towers:
             if m in batch:  # a modality absent from the batch is simply not encoded
-                embeddings[m], tokens[m] = self.embed(batch[m], m)
+                embeddings[m], tokens[m] = self.embed(batch[m], m, batch.get(f"{m}_mask"))
         scale = jnp.minimum(jnp.exp(self.log_logit_scale), self.max_logit_scale)
         return {"embeddings": embeddings, "tokens": tokens, "logit_scale": scale, "logit_bias": self.logit_bias}
 
 
-def build_model(model_cfg) -> ContrastiveModel:
+def build_model(model_cfg, tokenizer=None) -> ContrastiveModel:
+    """The model from `config.model`; text towers take vocab size and eot id from `tokenizer`."""
     towers = {m: dict(cfg) for m, cfg in model_cfg.towers.items()}
+    for m, cfg in towers.items():
+        if cfg.get("encoder") == "text":
+            if tokenizer is None:
+                raise ValueError(f"tower {m!r} is a text encoder: build_model needs the tokenizer")
+            cfg.update(vocab_size=tokenizer.vocab_size, eot_id=tokenizer.eot_id)
     return ContrastiveModel(
         towers=towers, embed_dim=model_cfg.embed_dim, logit_scale_init=model_cfg.logit_scale_init,
         logit_bias_init=model_cfg.logit_bias_init, dtype=model_cfg.dtype, param_dtype=model_cfg.param_dtype)

@@ -28,7 +28,8 @@ class ViT(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, image):
+    def __call__(self, image, mask=None):  # mask: unused, every patch is valid
+        del mask
         b, h, w, _ = image.shape
         p = self.patch_size
         if h % p or w % p:
