@@ -58,5 +58,5 @@ def test_max_len_must_hold_specials():
 
 def test_registry():
     assert isinstance(get_tokenizer("bytes", 8), ByteTokenizer)
-    with pytest.raises(ValueError, match=r"unknown tokenizer 'bpe'.*\['bytes'\]"):
-        get_tokenizer("bpe", 8)
+    with pytest.raises(ValueError, match=r"unknown tokenizer 'wordpiece'.*\['bpe', 'bytes'\]"):
+        get_tokenizer("wordpiece", 8)

@@ -217,9 +217,10 @@ class BPETokenizer:
         self.vocab_size = len(vocab)
         self.bos_id, self.eot_id = self.vocab_size - 2, self.vocab_size - 1
         # A repeated entry maps to its last id, as CLIP's dict(zip(vocab, ids)) does.
+        self._vocab = vocab
         self._ids = {symbol: i for i, symbol in enumerate(vocab)}
         self._ranks = {m: r for r, m in enumerate(merges)}
-        # id -> UTF-8 bytes, the end-of-word marker as a space; specials are handled in decode.
+        # id -> UTF-8 bytes, the end-of-word marker as a space, specials empty.
         byte_of = {s: b for b, s in bytes_to_unicode().items()}
         self._id_bytes = [bytes(byte_of[c] for c in s.removesuffix(END_OF_WORD))
                           + (b" " if s.endswith(END_OF_WORD) else b"") for s in vocab[:-2]] + [b"", b""]
@@ -280,5 +281,8 @@ class BPETokenizer:
             raise ValueError(f"token ids must be in [0, {self.vocab_size}), got {ids.min()}..{ids.max()}")
         ends = np.flatnonzero(ids == self.eot_id)
         ids = ids[:ends[0]] if ends.size else ids
-        data = b"".join(self._id_bytes[i] for i in ids.tolist())
-        return data.decode("utf-8", errors="replace").removesuffix(" ")
+        ids = ids[ids != self.bos_id].tolist()
+        data = b"".join(self._id_bytes[i] for i in ids)
+        if ids and self._vocab[ids[-1]].endswith(END_OF_WORD):
+            data = data[:-1]  # the last word's end is no separator
+        return data.decode("utf-8", errors="replace")
