@@ -210,7 +210,7 @@ def test_objective_defaults_to_image_text():
 
 
 def test_objective_config_errors():
-    with pytest.raises(ValueError, match=r"'sigmoid', 'softmax'"):
+    with pytest.raises(ValueError, match=r"\['bind', 'sigmoid', 'softmax'\]"):
         contrastive.get_objective("infonce")
     cfg = ml_collections.ConfigDict({"name": "softmax", "modalities": ("image", "points")})
     with pytest.raises(ValueError, match="points"):
@@ -219,4 +219,80 @@ def test_objective_config_errors():
     with pytest.raises(ValueError, match="exactly two"):
         contrastive.softmax_objective(_outputs(), {}, cfg)
     assert contrastive.OBJECTIVES == {"softmax": contrastive.softmax_objective,
-                                      "sigmoid": contrastive.sigmoid_objective}
+                                      "sigmoid": contrastive.sigmoid_objective,
+                                      "bind": contrastive.binding_objective}
+
+
+# ---------------------------------------------------------------------------
+# Missing modalities: presence masks
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["softmax", "sigmoid"])
+def test_absent_examples_are_dropped_exactly(kind):
+    """Examples lacking both modalities leave the loss of the rest unchanged, and get no gradient."""
+    za, zb = _pair(11, 12, 8)
+    keep = np.array([1, 1, 0, 1, 0, 1, 1, 1, 0, 1, 1, 0], bool)
+    loss_fn = contrastive.PAIR_LOSSES[kind]
+    extra = (jnp.float32(-5.0),) if kind == "sigmoid" else ()
+    masked = jax.jit(jax.value_and_grad(lambda a, b: loss_fn(a, b, 10.0, *extra, valid_a=keep, valid_b=keep)[0],
+                                        argnums=(0, 1)))
+    loss, (ga, gb) = masked(za, zb)
+    want = loss_fn(za[keep], zb[keep], 10.0, *extra)[0]
+    np.testing.assert_allclose(loss, want, rtol=1e-6)
+    np.testing.assert_array_equal(ga[~keep], 0.0)
+    np.testing.assert_array_equal(gb[~keep], 0.0)
+    assert np.isfinite(ga).all() and np.isfinite(gb).all()
+
+
+def test_one_sided_absence_matches_numpy_reference():
+    """a_i present, b_i absent: a_i is no query but still a negative for b's queries."""
+    za, zb = _pair(12, 6, 4)
+    va = np.array([1, 1, 1, 1, 1, 0], bool)
+    vb = np.array([1, 0, 1, 1, 1, 1], bool)
+    logits = 5.0 * np.float64(za) @ np.float64(zb).T
+    pair = va & vb
+    ce_a2b = [_logsumexp(logits[i, vb], 0) - logits[i, i] for i in np.flatnonzero(pair)]
+    ce_b2a = [_logsumexp(logits[va, j], 0) - logits[j, j] for j in np.flatnonzero(pair)]
+    want = 0.5 * (np.mean(ce_a2b) + np.mean(ce_b2a))
+    got, _ = contrastive.softmax_contrastive_loss(za, zb, 5.0, valid_a=va, valid_b=vb)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    counted = va[:, None] & vb[None, :]
+    y = 2.0 * np.eye(6) - 1.0
+    want_sig = np.sum(np.logaddexp(0.0, -y * (logits - 2.0))[counted]) / pair.sum()
+    got_sig, _ = contrastive.sigmoid_contrastive_loss(za, zb, 5.0, -2.0, valid_a=va, valid_b=vb)
+    np.testing.assert_allclose(got_sig, want_sig, rtol=1e-5)
+
+
+def test_no_present_pair_gives_zero_loss_and_finite_grads():
+    za, zb = _pair(13, 4, 4)
+    none = np.zeros(4, bool)
+    loss, grads = jax.value_and_grad(lambda a: contrastive.softmax_contrastive_loss(
+        a, zb, 10.0, valid_a=none, valid_b=none)[0])(za)
+    assert loss == 0.0 and np.isfinite(grads).all()
+
+
+def _bind_cfg(**kw):
+    return ml_collections.ConfigDict({"name": "bind", "anchor": "image", "modalities": ("audio", "text"),
+                                      "mode": "anchor", "pair_loss": "softmax", "weights": {}, **kw})
+
+
+def test_binding_is_weighted_sum_of_pair_losses():
+    outputs = _outputs()
+    emb = outputs["embeddings"]
+    present = {"audio": np.array([1, 1, 0, 1, 1, 1, 0, 1], bool)}
+    cfg = _bind_cfg(weights={"image_audio": 0.5})
+    loss, metrics = contrastive.binding_objective(outputs, {"present": present}, cfg)
+    l_ia = contrastive.softmax_contrastive_loss(emb["image"], emb["audio"], 10.0, valid_b=present["audio"])[0]
+    l_it = contrastive.softmax_contrastive_loss(emb["image"], emb["text"], 10.0)[0]
+    np.testing.assert_allclose(loss, 0.5 * l_ia + l_it, rtol=1e-6)
+    assert {"image_audio/loss", "image_text/loss", "image_text/a2b_acc"} <= set(metrics)
+    # all pairs: three unordered pairs of three modalities
+    assert contrastive.binding_pairs(_bind_cfg(mode="all_pairs")) == [
+        ("image", "audio"), ("image", "text"), ("audio", "text")]
+    # a modality missing from the whole batch is skipped, not an error
+    del outputs["embeddings"]["audio"]
+    loss_no_audio, _ = contrastive.binding_objective(outputs, {}, cfg)
+    np.testing.assert_allclose(loss_no_audio, l_it, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"unknown pairs \['text_image'\]"):
+        contrastive.binding_objective(outputs, {}, _bind_cfg(weights={"text_image": 1.0}))
+    with pytest.raises(ValueError, match=r"valid: \['anchor', 'all_pairs'\]"):
+        contrastive.binding_pairs(_bind_cfg(mode="star"))

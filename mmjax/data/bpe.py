@@ -141,6 +141,8 @@ def read_merges(path: str, num_merges: int | None = None) -> list[tuple[str, str
         data = gzip.decompress(data)
     lines = data.decode("utf-8").rstrip("\r\n").split("\n")
     limit = CLIP_NUM_MERGES if num_merges is None else num_merges
+    if limit < 0:
+        raise ValueError(f"num_merges must be >= 0, got {num_merges}")
     merges = []
     for lineno, line in enumerate(lines[1:1 + limit], start=2):  # line 1 is the header
         parts = line.split()
@@ -216,8 +218,8 @@ class BPETokenizer:
         vocab = [*byte_symbols, *(s + END_OF_WORD for s in byte_symbols), *("".join(m) for m in merges), SOT, EOT]
         self.vocab_size = len(vocab)
         self.bos_id, self.eot_id = self.vocab_size - 2, self.vocab_size - 1
-        # A repeated entry maps to its last id, as CLIP's dict(zip(vocab, ids)) does.
         self._vocab = vocab
+        # A repeated entry maps to its last id, as CLIP's dict(zip(vocab, ids)) does.
         self._ids = {symbol: i for i, symbol in enumerate(vocab)}
         self._ranks = {m: r for r, m in enumerate(merges)}
         # id -> UTF-8 bytes, the end-of-word marker as a space, specials empty.

@@ -47,42 +47,75 @@ def _scaled_similarity(za: jax.Array, zb: jax.Array, logit_scale: jax.Array) -> 
     return _as_f32_scalar(logit_scale) * sim
 
 
-def _in_batch_accuracy(logits: jax.Array) -> Metrics:
-    """Top-1 accuracy of finding the paired item within the batch, both directions."""
-    target = jnp.arange(logits.shape[0])
+# Logit for an absent example: exp() underflows to exactly 0, and unlike -inf
+# it keeps fully-masked rows finite, so no NaN leaks into gradients.
+_MASKED = -1e9
+
+
+def _validity(n: int, valid_a, valid_b) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(valid_a, valid_b, pair) as bool [B]; None means every example has the modality.
+
+    Row i is a positive pair only when both sides are present; a side that is
+    present still serves as a negative for the other side's queries.
+    """
+    va = jnp.ones((n,), bool) if valid_a is None else jnp.asarray(valid_a, bool)
+    vb = jnp.ones((n,), bool) if valid_b is None else jnp.asarray(valid_b, bool)
+    return va, vb, va & vb
+
+
+def _masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean of x over mask; 0 when nothing is selected (a batch with no pairs)."""
+    return jnp.sum(jnp.where(mask, x, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
+
+
+def _in_batch_accuracy(a2b: jax.Array, b2a: jax.Array, pair: jax.Array) -> Metrics:
+    """Top-1 accuracy of finding the paired item within the batch, both directions.
+
+    The logits already carry _MASKED on absent candidates (a2b masks b's
+    columns, b2a a's rows); only rows of present pairs count.
+    """
+    target = jnp.arange(a2b.shape[0])
     return {
-        "a2b_acc": jnp.mean(jnp.argmax(logits, axis=1) == target),
-        "b2a_acc": jnp.mean(jnp.argmax(logits, axis=0) == target),
+        "a2b_acc": _masked_mean(jnp.argmax(a2b, axis=1) == target, pair),
+        "b2a_acc": _masked_mean(jnp.argmax(b2a, axis=0) == target, pair),
     }
 
 
 def softmax_contrastive_loss(
-    za: jax.Array, zb: jax.Array, logit_scale: jax.Array
+    za: jax.Array, zb: jax.Array, logit_scale: jax.Array, valid_a=None, valid_b=None
 ) -> tuple[jax.Array, Metrics]:
     """CLIP symmetric InfoNCE (Radford et al. 2021; open_clip `ClipLoss`).
 
     Args:
       za, zb: L2-normalised embeddings [B, D]; row i of each is a positive pair.
       logit_scale: positive multiplier (already exponentiated), scalar.
+      valid_a, valid_b: optional bool [B], False where the example lacks that
+        modality: its row is no query and its embedding no candidate.
 
     Returns:
       (loss, metrics): loss = (CE(logits, arange) + CE(logits.T, arange)) / 2,
-      each CE a batch mean, with logits = scale * za @ zb.T (float32).
+      each CE a mean over the present pairs, with logits = scale * za @ zb.T
+      (float32). With all examples present this is exactly the CLIP loss.
     """
+    va, vb, pair = _validity(za.shape[0], valid_a, valid_b)
     logits = _scaled_similarity(za, zb, logit_scale)  # [B, B]
     positives = jnp.diagonal(logits)  # [B]
     # CE(logits, arange)[i] = logsumexp_j logits[i, j] - logits[i, i]; the
     # transposed direction is the same along axis 0, so no transpose is needed.
-    ce_a2b = jax.nn.logsumexp(logits, axis=1) - positives
-    ce_b2a = jax.nn.logsumexp(logits, axis=0) - positives
-    loss = 0.5 * (jnp.mean(ce_a2b) + jnp.mean(ce_b2a))
-    metrics = _in_batch_accuracy(logits)
+    # Candidates are masked per direction: b's for a's queries, a's for b's.
+    a2b = jnp.where(vb[None, :], logits, _MASKED)
+    b2a = jnp.where(va[:, None], logits, _MASKED)
+    ce_a2b = jax.nn.logsumexp(a2b, axis=1) - positives
+    ce_b2a = jax.nn.logsumexp(b2a, axis=0) - positives
+    loss = 0.5 * (_masked_mean(ce_a2b, pair) + _masked_mean(ce_b2a, pair))
+    metrics = _in_batch_accuracy(a2b, b2a, pair)
     metrics["logit_scale"] = _as_f32_scalar(logit_scale)
     return loss, metrics
 
 
 def sigmoid_contrastive_loss(
-    za: jax.Array, zb: jax.Array, logit_scale: jax.Array, logit_bias: jax.Array
+    za: jax.Array, zb: jax.Array, logit_scale: jax.Array, logit_bias: jax.Array,
+    valid_a=None, valid_b=None,
 ) -> tuple[jax.Array, Metrics]:
     """SigLIP pairwise sigmoid loss (Zhai et al. 2023, Algorithm 1; big_vision).
 
@@ -90,37 +123,42 @@ def sigmoid_contrastive_loss(
       za, zb: L2-normalised embeddings [B, D]; row i of each is a positive pair.
       logit_scale: positive multiplier (already exponentiated), scalar.
       logit_bias: additive scalar bias.
+      valid_a, valid_b: optional bool [B]; pair (i, j) counts only when a_i and
+        b_j are both present.
 
     Returns:
-      (loss, metrics): loss = -sum_ij log_sigmoid(y_ij * logits_ij) / B with
-      logits = scale * za @ zb.T + bias and y = 2I - 1. Each of the B^2 pairs is
-      a binary problem; the sum is divided by B as in the paper, not by B^2.
+      (loss, metrics): loss = -sum_ij log_sigmoid(y_ij * logits_ij) / P with
+      logits = scale * za @ zb.T + bias, y = 2I - 1 and P the number of present
+      positive pairs (B when all are present). Each of the B^2 pairs is a binary
+      problem; the sum is divided by B as in the paper, not by B^2.
     """
+    va, vb, pair = _validity(za.shape[0], valid_a, valid_b)
     bias = _as_f32_scalar(logit_bias)
     logits = _scaled_similarity(za, zb, logit_scale) + bias  # [B, B]
     n = logits.shape[0]
     labels = 2.0 * jnp.eye(n, dtype=jnp.float32) - 1.0  # +1 on pairs, -1 elsewhere
-    loss = -jnp.sum(jax.nn.log_sigmoid(labels * logits)) / n
+    counted = va[:, None] & vb[None, :]
+    loss = -jnp.sum(jnp.where(counted, jax.nn.log_sigmoid(labels * logits), 0.0)) / jnp.maximum(jnp.sum(pair), 1)
     # A shared bias shifts every logit equally, so it cannot change the argmax.
-    metrics = _in_batch_accuracy(logits)
+    masked = jnp.where(counted, logits, _MASKED)
+    metrics = _in_batch_accuracy(masked, masked, pair)
     metrics["logit_scale"] = _as_f32_scalar(logit_scale)
     metrics["logit_bias"] = bias
     return loss, metrics
 
 
-def _modality_pair(outputs: Mapping[str, Any], cfg: Any) -> tuple[str, jax.Array, jax.Array]:
-    """Picks the embeddings named by `cfg.modalities`; returns (prefix, za, zb)."""
-    names = tuple(cfg.get("modalities", DEFAULT_MODALITIES))
-    if len(names) != 2:
-        raise ValueError(
-            f"config.objective.modalities must name exactly two modalities, got {names}")
+def _pair_loss(kind: str, outputs: Mapping[str, Any], batch: Mapping[str, Any], a: str, b: str):
+    """Loss `kind` between modalities a and b, with the batch's presence flags."""
     embeddings = outputs["embeddings"]
-    missing = [m for m in names if m not in embeddings]
+    missing = [m for m in (a, b) if m not in embeddings]
     if missing:
-        raise ValueError(
-            f"config.objective.modalities {names}: {missing} not among the model's "
-            f"embeddings {sorted(embeddings)}")
-    return "_".join(names), embeddings[names[0]], embeddings[names[1]]
+        raise ValueError(f"objective pair ({a}, {b}): {missing} not among the model's "
+                         f"embeddings {sorted(embeddings)}")
+    present = batch.get("present", {}) if isinstance(batch, Mapping) else {}
+    args = (embeddings[a], embeddings[b], outputs["logit_scale"])
+    if kind == "sigmoid":
+        args += (outputs["logit_bias"],)
+    return PAIR_LOSSES[kind](*args, valid_a=present.get(a), valid_b=present.get(b))
 
 
 def _prefixed(prefix: str, metrics: Metrics) -> Metrics:
@@ -128,30 +166,66 @@ def _prefixed(prefix: str, metrics: Metrics) -> Metrics:
     return {f"{prefix}/{key}": value for key, value in metrics.items()}
 
 
-def softmax_objective(
-    outputs: Mapping[str, Any], batch: Mapping[str, Any], cfg: Any
-) -> tuple[jax.Array, Metrics]:
-    """CLIP loss between `cfg.modalities`; metrics prefixed e.g. 'image_text/'."""
-    del batch  # Positives are aligned by row index; nothing else is needed.
-    prefix, za, zb = _modality_pair(outputs, cfg)
-    loss, metrics = softmax_contrastive_loss(za, zb, outputs["logit_scale"])
-    return loss, _prefixed(prefix, metrics)
+def _two_modality_objective(kind: str) -> Objective:
+    def objective(outputs, batch, cfg):
+        names = tuple(cfg.get("modalities", DEFAULT_MODALITIES))
+        if len(names) != 2:
+            raise ValueError(f"config.objective.modalities must name exactly two modalities, got {names}")
+        loss, metrics = _pair_loss(kind, outputs, batch, *names)
+        return loss, _prefixed("_".join(names), metrics)
+    objective.__name__ = f"{kind}_objective"
+    objective.__doc__ = f"{kind} contrastive loss between the two `cfg.modalities`; metrics prefixed e.g. 'image_text/'."
+    return objective
 
 
-def sigmoid_objective(
-    outputs: Mapping[str, Any], batch: Mapping[str, Any], cfg: Any
-) -> tuple[jax.Array, Metrics]:
-    """SigLIP loss between `cfg.modalities`; metrics prefixed e.g. 'image_text/'."""
-    del batch  # Positives are aligned by row index; nothing else is needed.
-    prefix, za, zb = _modality_pair(outputs, cfg)
-    loss, metrics = sigmoid_contrastive_loss(
-        za, zb, outputs["logit_scale"], outputs["logit_bias"])
-    return loss, _prefixed(prefix, metrics)
+def binding_pairs(cfg) -> list[tuple[str, str]]:
+    """The modality pairs a binding objective trains.
 
+    mode="anchor": (anchor, m) for every other modality m (ImageBind / ULIP:
+    everything is bound to one anchor, other pairs are never seen together);
+    mode="all_pairs": every unordered pair of {anchor} + modalities.
+    """
+    names = [cfg.anchor] + [m for m in cfg.modalities if m != cfg.anchor]
+    if cfg.mode == "anchor":
+        return [(cfg.anchor, m) for m in names[1:]]
+    if cfg.mode == "all_pairs":
+        return [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+    raise ValueError(f"config.objective.mode={cfg.mode!r}; valid: ['anchor', 'all_pairs']")
+
+
+def binding_objective(outputs, batch, cfg) -> tuple[jax.Array, Metrics]:
+    """N-modality binding: weighted sum of pairwise contrastive losses.
+
+    cfg: anchor, modalities, mode ("anchor" | "all_pairs"), pair_loss
+    ("softmax" | "sigmoid"), weights ({"a_b": w}, default 1). A pair whose
+    modalities are not in this batch is skipped; absent examples are masked.
+    """
+    if cfg.pair_loss not in PAIR_LOSSES:
+        raise ValueError(f"config.objective.pair_loss={cfg.pair_loss!r}; valid: {sorted(PAIR_LOSSES)}")
+    weights = dict(cfg.get("weights", {}) or {})
+    pairs = binding_pairs(cfg)
+    unknown = set(weights) - {f"{a}_{b}" for a, b in pairs}
+    if unknown:
+        raise ValueError(f"config.objective.weights has unknown pairs {sorted(unknown)}; "
+                         f"valid: {sorted(f'{a}_{b}' for a, b in pairs)}")
+    total, metrics = jnp.zeros((), jnp.float32), {}
+    for a, b in pairs:
+        if a not in outputs["embeddings"] or b not in outputs["embeddings"]:
+            continue
+        loss, pair_metrics = _pair_loss(cfg.pair_loss, outputs, batch, a, b)
+        total = total + weights.get(f"{a}_{b}", 1.0) * loss
+        metrics |= _prefixed(f"{a}_{b}", {"loss": loss, **pair_metrics})
+    return total, metrics
+
+
+PAIR_LOSSES = {"softmax": softmax_contrastive_loss, "sigmoid": sigmoid_contrastive_loss}
+softmax_objective = _two_modality_objective("softmax")
+sigmoid_objective = _two_modality_objective("sigmoid")
 
 OBJECTIVES: dict[str, Objective] = {
     "softmax": softmax_objective,
     "sigmoid": sigmoid_objective,
+    "bind": binding_objective,
 }
 
 
