@@ -65,7 +65,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.sharding = ml_collections.ConfigDict({"rules": (), "fsdp_min_size": 2**18})
 
     c.checkpoint = ml_collections.ConfigDict({"every_steps": 200, "keep": 3, "async_save": True})
-    c.eval = ml_collections.ConfigDict({"every_steps": 200, "batch_size": 512, "retrieval_ks": (1, 5, 10)})
+    c.eval = ml_collections.ConfigDict({
+        "every_steps": 200, "batch_size": 512, "retrieval_ks": (1, 5, 10),
+        "zeroshot_modalities": ("image",),
+        "retrieval_pairs": ("image:text", "text:image"),  # query:key
+        # The short names of the final line.
+        "aliases": {"zeroshot_top1": "zeroshot_top1_image", "i2t_r1": "r1_image_text", "t2i_r1": "r1_text_image",
+                    "i2t_r5": "r5_image_text", "t2i_r5": "r5_text_image"},
+    })
     # Test hook: SIGKILL this process right after step N (-1: never).
     c.debug = ml_collections.ConfigDict({"sigkill_after_step": -1})
 

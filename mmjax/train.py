@@ -25,9 +25,9 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from mmjax import checkpoint as ckpt_lib
 from mmjax import metrics as metrics_lib
 from mmjax import parallel
-from mmjax.data import digits, pipeline
+from mmjax.data import pipeline
 from mmjax.data.tokenizer import get_tokenizer
-from mmjax.evals import retrieval, zeroshot
+from mmjax.evals.suite import EvalSuite
 from mmjax.models.towers import build_model
 from mmjax.objectives.contrastive import get_objective
 from mmjax.optim import make_optimizer
@@ -51,16 +51,12 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
         f"{process_count} process(es)")
 
     # ---------------------------------------------------------------- 3. data
-    tokenizer = get_tokenizer(config.data.tokenizer, config.data.text_len)
-    data_dir = digits.ensure_prepared(config.data.data_dir or None)
-    config.data.data_dir = data_dir
+    tokenizer = get_tokenizer(config.data.tokenizer, config.data.text_len, config.data.tokenizer_path or None)
     train_iter = pipeline.make_train_iterator(
         config.data, global_batch_size=config.batch_size, seed=config.seed, tokenizer=tokenizer,
         shard_index=process_index, shard_count=process_count)
     eval_batches = pipeline.make_eval_batches(config.data, split=config.data.eval_split,
                                               batch_size=config.eval.batch_size, tokenizer=tokenizer)
-    prompts = zeroshot.build_prompts(digits.CLASS_NAMES, [str(d) for d in range(len(digits.CLASS_NAMES))],
-                                     digits.ZEROSHOT_PROMPTS)
 
     # ---------------------------------------------------------------- 4. model
     model = build_model(config.model, tokenizer)
@@ -72,8 +68,8 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
     # ---------------------------------------------------------------- 6. state
     rng = jax.random.key(config.seed)
     init_rng, train_rng = jax.random.split(rng)
-    example = {k: jnp.zeros((dp,) + v.shape[1:], v.dtype) for k, v in next(iter(eval_batches)).items()
-               if k in config.model.towers}
+    example = jax.tree_util.tree_map(lambda v: jnp.zeros((dp,) + v.shape[1:], v.dtype),
+                                     _model_inputs(eval_batches[0]))
 
     def init_state():
         params = model.init(init_rng, example)["params"]
@@ -119,38 +115,13 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
                          out_shardings=(state_shardings, NamedSharding(mesh, P())), donate_argnums=0)
 
     # ---------------------------------------------------------------- 9. evals
-    replicated = NamedSharding(mesh, P())
-    embed = jax.jit(lambda params, x, modality: model.apply({"params": params}, x, modality, method="embed")[0],
-                    static_argnums=2, out_shardings=replicated)
-
-    def local_rows(x):
-        rows = x.shape[0] // process_count
-        return x[process_index * rows:(process_index + 1) * rows]
-
-    def embed_all(params, batches, modality):
-        out = [np.asarray(embed(params, parallel.host_to_global(local_rows(b[modality]), mesh), modality))
-               for b in batches]
-        return np.concatenate(out)
-
-    def evaluate(params) -> dict:
-        mask = np.concatenate([b["mask"] for b in eval_batches])
-        labels = np.concatenate([b["label"] for b in eval_batches])
-        z_img = embed_all(params, eval_batches, "image")
-        z_txt = embed_all(params, eval_batches, "text")
-        prompt_ids = tokenizer.encode_batch(prompts)
-        pad = -len(prompt_ids) % dp
-        prompt_ids = np.concatenate([prompt_ids, np.repeat(prompt_ids[-1:], pad, axis=0)])
-        z_prompts = embed_all(params, [{"text": prompt_ids}], "text")[:len(prompts)]
-        class_emb = zeroshot.prompt_ensemble(z_prompts.reshape(len(digits.CLASS_NAMES), -1, z_prompts.shape[-1]))
-        results = zeroshot.zeroshot_metrics(z_img, labels, class_emb, mask=mask, topk=(1, 5))
-        results |= retrieval.bidirectional_retrieval(z_img[mask], z_txt[mask], names=("i", "t"),
-                                                     ks=tuple(config.eval.retrieval_ks))
-        return results
+    evaluate = EvalSuite(config.eval, model, tokenizer, mesh, eval_batches)
 
     # ---------------------------------------------------------------- 10. loop
     logger = metrics_lib.MetricLogger(workdir, enabled=is_main, tensorboard=config.tensorboard)
     meter = metrics_lib.Throughput(config.batch_size, config.total_steps)
     step = start_step
+    flag_counts: dict[str, int] = {}  # e.g. truncated captions, dropped bad inputs, since this start
     meter.start(step)
     while step < config.total_steps:
         try:
@@ -160,8 +131,9 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
             ckpt.save(step, state, train_iter, force=True)
             ckpt.wait()
             raise
-        batch = parallel.host_to_global({k: batch[k] for k in config.model.towers}, mesh)
-        state, step_metrics = train_step(state, batch)
+        for flag, values in batch["flags"].items():  # data problems counted on the host
+            flag_counts[flag] = flag_counts.get(flag, 0) + int(np.sum(values))
+        state, step_metrics = train_step(state, parallel.host_to_global(_model_inputs(batch), mesh))
         step += 1
         if step == start_step + 1:  # keep compilation out of the throughput figures
             jax.block_until_ready(state)
@@ -169,7 +141,7 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
 
         if step % config.log_every_steps == 0 or step == config.total_steps:
             step_metrics = {f"train/{k}": v for k, v in jax.device_get(step_metrics).items()}
-            step_metrics |= meter.report(step)
+            step_metrics |= meter.report(step) | {f"data/{k}": v for k, v in flag_counts.items()}
             logger.write(step, step_metrics)
             say(metrics_lib.format_line(f"step {step}/{config.total_steps}", step_metrics), flush=True)
 
@@ -205,3 +177,8 @@ def _preempt_mid_save(ckpt, step, state, train_iter):
     ckpt.save(step, state, train_iter, force=True)
     print(f"debug: SIGKILL after step {step} with its checkpoint save in flight", flush=True)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _model_inputs(batch: dict) -> dict:
+    """What the train step sees: modality inputs, their masks, presence, labels (not host-side flags)."""
+    return {k: v for k, v in batch.items() if k not in ("flags", "mask")}

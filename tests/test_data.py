@@ -15,6 +15,7 @@ import subprocess
 import sys
 
 import grain
+import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -67,7 +68,10 @@ def take(iterator, n):
 def assert_batches_equal(a, b):
     assert a.keys() == b.keys()
     for k in a:
-        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+        if isinstance(a[k], dict):  # "present", "flags"
+            assert_batches_equal(a[k], b[k])
+        else:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
 # -- dataset build ------------------------------------------------------------
@@ -186,7 +190,9 @@ def test_random_shift_is_a_pad_crop_and_deterministic():
 def test_train_batches(cfg, tok):
     it = pipeline.make_train_iterator(cfg, global_batch_size=64, seed=0, tokenizer=tok, shard_index=0, shard_count=1)
     batch = next(it)
-    assert batch.keys() == {"image", "text", "label"}
+    assert batch.keys() == {"image", "text", "label", "present", "flags"}
+    assert batch["present"]["image"].all() and batch["present"]["text"].all()
+    assert batch["flags"]["text_truncated"].dtype == bool and not batch["flags"]["text_truncated"].any()
     assert batch["image"].dtype == np.float32 and batch["image"].shape == (64, 28, 28, 1)
     assert batch["text"].dtype == np.int32 and batch["text"].shape == (64, cfg.text_len)
     assert batch["label"].dtype == np.int32 and batch["label"].shape == (64,)
@@ -250,7 +256,7 @@ def test_shards_concatenate_to_global_batch(small_train):
     for expected in reference:  # Crosses the epoch boundary too.
         local = [next(s) for s in shards]
         assert local[0]["image"].shape[0] == 48
-        assert_batches_equal({k: np.concatenate([b[k] for b in local]) for k in expected}, expected)
+        assert_batches_equal(jax.tree_util.tree_map(lambda *rows: np.concatenate(rows), *local), expected)
 
 
 def test_augmentation_changes_images_not_labels(small_train, cfg):
@@ -274,7 +280,8 @@ def test_eval_batches_cover_split_once(cfg, tok, builder, raw):
     batches = pipeline.make_eval_batches(cfg, split="test", batch_size=300, tokenizer=tok)
     assert len(batches) == 7
     for b in batches:
-        assert b.keys() == {"image", "text", "label", "mask"} and b["image"].shape == (300, 28, 28, 1)
+        assert b.keys() == {"image", "text", "label", "present", "flags", "mask"}
+        assert b["image"].shape == (300, 28, 28, 1)
     assert [int(b["mask"].sum()) for b in batches] == [300] * 6 + [200]
     assert batches[-1]["mask"][:200].all() and not (batches[-1]["image"][200:]).any()
     real = {k: np.concatenate([b[k][b["mask"]] for b in batches]) for k in ("image", "label")}

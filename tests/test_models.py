@@ -123,7 +123,7 @@ def test_contrastive_model_embeddings_and_dtypes():
 def test_bad_tower_config_lists_valid_fields():
     with pytest.raises(ValueError, match=r"unknown field\(s\) \['widht'\].*valid: \[.*'width'"):
         build_encoder("image", {"encoder": "vit", "widht": 3}, "float32", "float32")
-    with pytest.raises(ValueError, match=r"valid: \['text', 'vit'\]"):
+    with pytest.raises(ValueError, match=r"valid: \['audio', 'points', 'text', 'vit'\]"):
         build_encoder("image", {"encoder": "resnet"}, "float32", "float32")
     with pytest.raises(ValueError, match="unknown remat policy"):
         init(ViT(patch_size=7, remat="some", **TINY), jnp.ones((1, 28, 28, 1)))

@@ -1,13 +1,10 @@
 """Audio for the input pipeline: WAV decoding, log-mel features, augmentations.
 
-Everything here runs per example inside Grain transforms on CPU workers, so it
-is plain vectorised NumPy: no JAX (it would dispatch to the accelerator from a
-data worker) and no third-party audio library. The log-mel matches librosa's
-`feature.melspectrogram` (Slaney mel scale and normalisation, periodic Hann
-window, centred frames), then takes log(mel + log_offset).
-
-Augmentations are pure functions of (array, rng, parameters) so that a Grain
-`RandomMap` with its per-element generator makes them reproducible on resume.
+This runs per example in Grain workers, so it is vectorised NumPy with no JAX
+and no audio library. The log-mel equals librosa's `feature.melspectrogram`
+(same settings) followed by log(mel + log_offset). Augmentations are pure
+functions of (array, rng, parameters): under a Grain `RandomMap`, whose
+generator is seeded per element, they replay exactly on resume.
 """
 
 from __future__ import annotations
@@ -27,7 +24,8 @@ class AudioDecodeError(ValueError):
 
 
 # ---------------------------------------------------------------- decoding
-_PCM, _IEEE_FLOAT, _EXTENSIBLE = 1, 3, 0xFFFE
+# (format tag, bytes per sample) -> sample dtype; tag 1 is integer PCM, 3 IEEE float.
+_SAMPLE_DTYPES = {(1, 1): "u1", (1, 2): "<i2", (1, 3): "24-bit", (1, 4): "<i4", (3, 4): "<f4", (3, 8): "<f8"}
 
 
 def _riff_chunks(data: bytes, fail) -> tuple[bytes, bytes]:
@@ -50,12 +48,11 @@ def _riff_chunks(data: bytes, fail) -> tuple[bytes, bytes]:
 def read_wav(source: str | os.PathLike | bytes) -> tuple[np.ndarray, int]:
     """WAV file path or bytes -> (float32 waveform [T] in [-1, 1], sample rate).
 
-    Reads integer PCM (8-bit unsigned, 16/24/32-bit signed) and IEEE float
-    (32/64-bit), plain or WAVE_FORMAT_EXTENSIBLE; channels are averaged. The
-    RIFF header is parsed here rather than with the stdlib `wave` module
-    because that module (Python 3.11) rejects float and extensible files, and
-    float files are the ones that can carry NaN/inf. A missing file raises
-    OSError; undecodable content raises AudioDecodeError naming the source.
+    Reads PCM (8-bit unsigned, 16/24/32-bit signed) and IEEE float (32/64-bit),
+    plain or WAVE_FORMAT_EXTENSIBLE, averaging channels. The header is parsed
+    here because the stdlib `wave` (Python 3.11) rejects float and extensible
+    files, and float files are the ones that can hold NaN/inf. A missing file
+    raises OSError; bad content raises AudioDecodeError naming the source.
     """
     where = os.fspath(source) if not isinstance(source, bytes) else f"<{len(source)} bytes>"
 
@@ -69,28 +66,21 @@ def read_wav(source: str | os.PathLike | bytes) -> tuple[np.ndarray, int]:
     if len(fmt) < 16:
         fail(f"fmt chunk has {len(fmt)} bytes, expected >= 16 (corrupt header)")
     tag, channels, rate, _, block_align, bits = struct.unpack_from("<HHIIHH", fmt)
-    if tag == _EXTENSIBLE and len(fmt) >= 26:
-        tag = struct.unpack_from("<H", fmt, 24)[0]  # first two bytes of the SubFormat GUID
+    if tag == 0xFFFE and len(fmt) >= 26:  # WAVE_FORMAT_EXTENSIBLE: the tag opens the SubFormat GUID
+        tag = struct.unpack_from("<H", fmt, 24)[0]
     if channels == 0 or rate == 0 or block_align == 0 or block_align % channels:
         fail(f"corrupt header ({channels=}, {rate=}, {block_align=})")
     width = block_align // channels  # container bytes per sample
-    kinds = {(_PCM, 1): "u1", (_PCM, 2): "<i2", (_PCM, 3): "24", (_PCM, 4): "<i4",
-             (_IEEE_FLOAT, 4): "<f4", (_IEEE_FLOAT, 8): "<f8"}
-    if (tag, width) not in kinds:
+    if (tag, width) not in _SAMPLE_DTYPES:
         fail(f"unsupported encoding (format tag {tag}, {bits} bits); expected PCM 8/16/24/32-bit or float 32/64-bit")
-    if len(data) == 0:
-        fail("zero-length audio (empty data chunk)")
     if len(data) % block_align:
         fail(f"truncated: data chunk of {len(data)} bytes is not a whole number of {block_align}-byte frames")
-    if kinds[tag, width] == "24":  # no 24-bit dtype: place the 3 bytes in the top of an int32
-        b = np.frombuffer(data, np.uint8).reshape(-1, 3).astype(np.int32)
-        samples = (b[:, 0] << 8) | (b[:, 1] << 16) | (b[:, 2] << 24)
+    if width == 3:  # no 24-bit dtype: a zero low byte below each sample makes it a little-endian int32
+        samples = np.pad(np.frombuffer(data, np.uint8).reshape(-1, 3), ((0, 0), (1, 0))).view("<i4")
     else:
-        samples = np.frombuffer(data, kinds[tag, width])
-    samples = pcm_to_float32(samples.reshape(-1, channels))
-    if channels > 1:
-        samples = samples.mean(axis=1, dtype=np.float32)
-    return validate_waveform(samples.reshape(-1), where=f"WAV {where}"), int(rate)
+        samples = np.frombuffer(data, _SAMPLE_DTYPES[tag, width])
+    samples = pcm_to_float32(samples.reshape(-1, channels)).mean(axis=1, dtype=np.float32)  # downmix
+    return validate_waveform(samples, where=f"WAV {where}"), int(rate)  # an empty data chunk fails here
 
 
 def pcm_to_float32(x: np.ndarray) -> np.ndarray:
@@ -117,21 +107,19 @@ def validate_waveform(x: np.ndarray, where: str = "waveform") -> np.ndarray:
 
 
 # ---------------------------------------------------------------- log-mel
-MEL_SCALES = ("slaney", "htk")
-MEL_NORMS = ("slaney", "none")
-PAD_MODES = ("reflect", "constant")
+_LOG_STEP = math.log(6.4) / 27.0  # Slaney scale: 1 kHz is mel 15, then 27 mels per factor 6.4 in Hz
 
 
 @dataclasses.dataclass(frozen=True)
 class LogMelConfig:
     """Log-mel analysis settings; defaults suit 8 kHz speech (FSDD).
 
-    n_fft = win_length = 256 is a 32 ms window (31 Hz bins, enough to resolve
-    the harmonics of a ~100 Hz voice); hop 80 is the customary 10 ms, so 1 s is
-    ~100 frames. 64 mel bands from 0 Hz to Nyquist (fmax=None -> sr/2): at this
-    n_fft the lowest Slaney bands are ~73 Hz wide, so each still covers >= 2
-    FFT bins and none is empty. `mel_norm="slaney"` scales each triangle to
-    unit area (librosa's default); "none" gives peak-1 triangles (HTK,
+    n_fft = win_length = 256 is a 32 ms window (31 Hz bins), the usual speech
+    frame; hop 80 is the customary 10 ms, so 1 s is 101 frames. 64 mel bands
+    from 0 Hz to Nyquist (fmax=None -> sr/2): at this n_fft the lowest Slaney
+    bands are ~72 Hz wide, so each still covers >= 2 FFT bins and none is
+    empty. `mel_norm="slaney"` scales each triangle to unit area (librosa's
+    default, for either `mel_scale`); "none" gives peak-1 triangles (HTK,
     torchaudio's default). Frames are centred (the signal is padded by n_fft//2
     each side) with `pad_mode` "reflect" (librosa < 0.10, torchaudio) or
     "constant" (zeros; librosa >= 0.10). The window is a periodic Hann.
@@ -156,7 +144,8 @@ class LogMelConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"LogMelConfig.{name} must be a positive integer, got {value!r}")
-        for name, valid in (("mel_scale", MEL_SCALES), ("mel_norm", MEL_NORMS), ("pad_mode", PAD_MODES)):
+        for name, valid in (("mel_scale", ("slaney", "htk")), ("mel_norm", ("slaney", "none")),
+                            ("pad_mode", ("reflect", "constant"))):
             if getattr(self, name) not in valid:
                 raise ValueError(f"LogMelConfig.{name}={getattr(self, name)!r}; valid: {list(valid)}")
         if self.win_length > self.n_fft:
@@ -165,8 +154,7 @@ class LogMelConfig:
             raise ValueError(f"LogMelConfig needs 0 <= fmin < fmax <= sample_rate/2, got "
                              f"fmin={self.fmin}, fmax={self.f_max}, sample_rate={self.sample_rate}")
         if not (self.log_offset > 0 and self.power > 0):
-            raise ValueError(f"LogMelConfig needs log_offset > 0 and power > 0, got "
-                             f"{self.log_offset}, {self.power}")
+            raise ValueError(f"LogMelConfig needs log_offset, power > 0, got {self.log_offset}, {self.power}")
 
     @property
     def f_max(self) -> float:
@@ -201,8 +189,7 @@ def hz_to_mel(hz, scale: str = "slaney") -> np.ndarray:
     hz = np.asarray(hz, dtype=np.float64)
     if scale == "htk":
         return 2595.0 * np.log10(1.0 + hz / 700.0)
-    log_step = math.log(6.4) / 27.0  # 1 kHz is mel 15; each mel above is this many log-Hz
-    return np.where(hz < 1000.0, hz * 3.0 / 200.0, 15.0 + np.log(np.maximum(hz, 1e-10) / 1000.0) / log_step)
+    return np.where(hz < 1000.0, hz * 3.0 / 200.0, 15.0 + np.log(np.maximum(hz, 1e-10) / 1000.0) / _LOG_STEP)
 
 
 def mel_to_hz(mel, scale: str = "slaney") -> np.ndarray:
@@ -210,8 +197,7 @@ def mel_to_hz(mel, scale: str = "slaney") -> np.ndarray:
     mel = np.asarray(mel, dtype=np.float64)
     if scale == "htk":
         return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
-    log_step = math.log(6.4) / 27.0
-    return np.where(mel < 15.0, mel * 200.0 / 3.0, 1000.0 * np.exp(log_step * (mel - 15.0)))
+    return np.where(mel < 15.0, mel * 200.0 / 3.0, 1000.0 * np.exp(_LOG_STEP * (mel - 15.0)))
 
 
 @functools.lru_cache(maxsize=16)
@@ -229,10 +215,9 @@ def _analysis(cfg: LogMelConfig) -> tuple[np.ndarray, np.ndarray]:
     weights = np.maximum(0.0, np.minimum(rising, falling))  # [n_mels, n_bins] triangles
     if cfg.mel_norm == "slaney":
         weights *= 2.0 / (hi - lo)  # unit area, so a band's energy does not grow with its width
-    out = window.astype(np.float32), np.ascontiguousarray(weights.T, dtype=np.float32)
-    for a in out:
-        a.flags.writeable = False
-    return out
+    window, filters = window.astype(np.float32), np.ascontiguousarray(weights.T, dtype=np.float32)
+    window.flags.writeable = filters.flags.writeable = False  # shared by every caller
+    return window, filters
 
 
 def mel_filterbank(cfg: LogMelConfig = LogMelConfig()) -> np.ndarray:
@@ -286,32 +271,34 @@ def random_gain(waveform: np.ndarray, rng: np.random.Generator, max_db: float) -
     with silence, which a constant log-mel shift would not reproduce.
     """
     gain = 10.0 ** (rng.uniform(-max_db, max_db) / 20.0)
-    return (np.asarray(waveform, dtype=np.float32) * np.float32(gain)).astype(np.float32, copy=False)
+    return np.asarray(waveform, dtype=np.float32) * np.float32(gain)
 
 
 def spec_augment(spec: np.ndarray, valid: np.ndarray, rng: np.random.Generator, time_masks: int = 2,
                  time_width: int = 10, freq_masks: int = 2, freq_width: int = 8) -> np.ndarray:
     """SpecAugment masking (Park et al., 2019) of a [T, F] log-mel; returns a new array.
 
-    Each of `time_masks` masks blanks w ~ U{0..time_width} consecutive valid
-    frames, and each of `freq_masks` blanks w ~ U{0..freq_width} consecutive
-    bands over the valid frames; padding is left alone. `valid` must mark the
-    leading frames, as `fix_frames` lays them out. Masked bins are set to the
-    mean of the valid spectrogram: the paper masks to zero after mean
-    normalisation, i.e. to the mean, and silence would make masked speech look
-    like padding.
+    `time_masks` spans of U{0..time_width} valid frames and `freq_masks` spans
+    of U{0..freq_width} bands (over the valid frames) are blanked; padding is
+    left alone, and `valid` must mark the leading frames, as `fix_frames` does.
+    Blanked bins get the mean of the valid spectrogram: the paper masks to 0
+    after mean normalisation, i.e. to the mean; silence would mimic padding.
     """
     out = np.array(spec, copy=True)
     n, f = int(np.count_nonzero(valid)), spec.shape[1]
     if n == 0:
         return out
     fill = out[:n].mean()
-    for _ in range(time_masks):
-        w = int(rng.integers(0, min(time_width, n) + 1))
-        start = int(rng.integers(0, n - w + 1))
-        out[start:start + w] = fill
-    for _ in range(freq_masks):
-        w = int(rng.integers(0, min(freq_width, f) + 1))
-        start = int(rng.integers(0, f - w + 1))
-        out[:n, start:start + w] = fill
+    for span in _random_spans(rng, time_masks, time_width, n):
+        out[span] = fill
+    for span in _random_spans(rng, freq_masks, freq_width, f):
+        out[:n, span] = fill
     return out
+
+
+def _random_spans(rng: np.random.Generator, count: int, max_width: int, length: int):
+    """`count` slices [s, s + w) of [0, length), w ~ U{0..max_width}, s uniform where it fits."""
+    for _ in range(count):
+        width = int(rng.integers(0, min(max_width, length) + 1))
+        start = int(rng.integers(0, length - width + 1))
+        yield slice(start, start + width)

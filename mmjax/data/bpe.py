@@ -259,6 +259,10 @@ class BPETokenizer:
                 return ids[:limit]
         return ids
 
+    def num_tokens(self, text: str) -> int:
+        """Ids `text` needs with sot and eot, before truncation to max_len."""
+        return len(self.tokenize(text)) + 2
+
     def encode(self, text: str) -> np.ndarray:
         """Returns int32 [max_len]."""
         tokens = self.tokenize(text, limit=self.max_len - 2)

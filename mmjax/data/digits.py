@@ -12,16 +12,13 @@ TensorFlow. `ensure_prepared` builds it once per data_dir, under a file lock.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import gzip
-import logging
 import os
-import time
 
-from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
+
+from mmjax.data import builders
 
 NAME = "digits_captions"
 IMAGE_SHAPE = (28, 28, 1)
@@ -63,8 +60,6 @@ _LABELS_FILE = "t10k-labels-idx1-ubyte.gz"
 _IDX_MAGIC = {3: 0x00000803, 1: 0x00000801}
 _SPLIT_SEED = 0
 _CAPTION_SEED = 1
-
-log = logging.getLogger(__name__)
 
 
 def read_idx(path: str, ndim: int) -> np.ndarray:
@@ -108,22 +103,11 @@ def captions(labels: np.ndarray) -> list[str]:
     return [format_caption(CAPTION_TEMPLATES[c], int(y)) for c, y in zip(choice, labels)]
 
 
-class DigitsCaptions(tfds.core.GeneratorBasedBuilder):
+class DigitsCaptions(builders.EmbeddedBuilder):
     """MNIST test digits with generated captions, 8,000 train / 2,000 test."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}
-
-    @tfds.core.utils.classproperty
-    @classmethod
-    def code_path(cls) -> epath.Path:
-        # TFDS's own lookup for a builder inside a package touches the
-        # `importlib_resources` backport, which is not among our dependencies.
-        return epath.Path(__file__)
-
-    def __init__(self, **kwargs):
-        kwargs.setdefault("file_format", "array_record")
-        super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
@@ -158,44 +142,6 @@ class DigitsCaptions(tfds.core.GeneratorBasedBuilder):
             }
 
 
-def resolve_data_dir(data_dir: str | None = None) -> str:
-    """`data_dir`, else $MMJAX_DATA_DIR, else ~/.cache/mmjax/tfds."""
-    return os.path.abspath(os.path.expanduser(
-        data_dir or os.environ.get("MMJAX_DATA_DIR") or "~/.cache/mmjax/tfds"))
-
-
-@contextlib.contextmanager
-def _file_lock(path: str):
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _is_prepared(builder: DigitsCaptions) -> bool:
-    # The existence check first keeps TFDS from warning about a missing folder.
-    return builder.data_path.exists() and builder.is_prepared()
-
-
 def ensure_prepared(data_dir: str | None = None) -> str:
-    """Builds `digits_captions` under data_dir unless already there; returns data_dir.
-
-    The lock makes concurrent starters (several processes of one job, parallel
-    test workers) build once: the first builds, the rest wait and then find it
-    prepared. TFDS writes into a temporary directory and renames at the end, so
-    a crashed build never looks prepared.
-    """
-    data_dir = resolve_data_dir(data_dir)
-    if _is_prepared(DigitsCaptions(data_dir=data_dir)):
-        return data_dir
-    os.makedirs(data_dir, exist_ok=True)
-    with _file_lock(os.path.join(data_dir, f".{NAME}.lock")):
-        builder = DigitsCaptions(data_dir=data_dir)  # Re-check: another process may have built it.
-        if not _is_prepared(builder):
-            tfds.disable_progress_bar()
-            start = time.perf_counter()
-            builder.download_and_prepare()
-            log.info("built %s in %s in %.1fs", NAME, data_dir, time.perf_counter() - start)
-    return data_dir
+    """Builds `digits_captions` under data_dir (once, under a lock); returns data_dir."""
+    return builders.ensure_prepared(DigitsCaptions, data_dir)

@@ -22,12 +22,16 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
-from mmjax.data import digits
+from mmjax.data import avdigits, builders, digits
+from mmjax.data.modalities import ExampleTransform
 from mmjax.data.tokenizer import Tokenizer
-from mmjax.data.transforms import (DecodeImage, RandomShift, RecordSource,
-                                   TokenizeCaption, ValidateRecord)
+from mmjax.data.transforms import RecordSource, ValidateRecord
 
-DATASETS = (digits.NAME,)
+# name -> (builder class, modalities its examples can provide)
+DATASETS = {
+    digits.NAME: (digits.DigitsCaptions, ("image", "text")),
+    avdigits.NAME: (avdigits.AVDigits, avdigits.MODALITIES),
+}
 
 
 def default_data_config() -> ml_collections.ConfigDict:
@@ -36,10 +40,30 @@ def default_data_config() -> ml_collections.ConfigDict:
         "data_dir": "",  # "" -> $MMJAX_DATA_DIR, else ~/.cache/mmjax/tfds.
         "train_split": "train",
         "eval_split": "test",
+        "modalities": ("image", "text"),
+        # Modality dropout: probability that a training example loses each
+        # modality (marked absent in batch["present"]; objectives skip it).
+        "drop_prob": {"image": 0.0, "audio": 0.0, "points": 0.0, "text": 0.0},
+        "on_bad_input": "error",  # or "drop": mark the modality absent and count it
         "augment": True,
         "max_shift": 2,  # Pixels; digits fill a centred 20x20 box, so 2 rarely clips one.
         "text_len": 32,  # Tokens incl. bos/eot; every caption template fits in 30 bytes.
-        "tokenizer": "bytes",
+        "tokenizer": "bytes",  # or "bpe"
+        "tokenizer_path": "",  # vocabulary file ("bpe": merges); "" = the embedded default
+        "audio": {
+            # 8 kHz speech: 32 ms windows, 10 ms hop, 64 Slaney mels up to Nyquist.
+            "logmel": {"sample_rate": avdigits.SAMPLE_RATE, "n_fft": 256, "win_length": 256, "hop_length": 80,
+                       "n_mels": 64, "fmin": 0.0, "log_offset": 1e-6},
+            "num_frames": 96,  # ~0.96 s: longer than 98% of FSDD clips; pad/crop + mask
+            "gain_db": 6.0,
+            "time_masks": 2, "time_width": 10, "freq_masks": 2, "freq_width": 8,
+        },
+        "points": {
+            "num_points": 256, "thickness": 0.3,
+            # In-plane rotation only: a full turn would make 6 and 9 the same cloud.
+            "rotation_deg": 15.0, "scale_low": 0.8, "scale_high": 1.25,
+            "jitter_sigma": 0.01, "jitter_clip": 0.05, "dropout_max": 0.5,
+        },
         # Threads building whole batches ahead of the trainer. Decoding is
         # mostly GIL-bound Python, so more threads overlap with device steps
         # but barely add throughput.
@@ -48,13 +72,21 @@ def default_data_config() -> ml_collections.ConfigDict:
     })
 
 
-def open_split(data_cfg: ml_collections.ConfigDict, split: str) -> grain.MapDataset:
-    """Validated, decoded records of one split in stored order (builds the
-    dataset on first use). Elements: image float32 [28, 28, 1] in [-1, 1],
-    label int32, caption str."""
+def dataset_builder(data_cfg: ml_collections.ConfigDict):
+    """The prepared TFDS builder of `data_cfg.name` (built on first use)."""
     if data_cfg.name not in DATASETS:
-        raise ValueError(f"unknown dataset {data_cfg.name!r}; valid names: {list(DATASETS)}")
-    builder = digits.DigitsCaptions(data_dir=digits.ensure_prepared(data_cfg.data_dir or None))
+        raise ValueError(f"unknown dataset {data_cfg.name!r}; valid names: {sorted(DATASETS)}")
+    builder_cls, available = DATASETS[data_cfg.name]
+    missing = set(data_cfg.modalities) - set(available)
+    if missing:
+        raise ValueError(f"dataset {data_cfg.name} has no modality {sorted(missing)}; valid: {list(available)}")
+    return builder_cls(data_dir=builders.ensure_prepared(builder_cls, data_cfg.data_dir or None))
+
+
+def open_split(data_cfg: ml_collections.ConfigDict, split: str) -> grain.MapDataset:
+    """Validated raw records of one split in stored order (builds the dataset on
+    first use), each with "_index", its position in the split."""
+    builder = dataset_builder(data_cfg)
     if split not in builder.info.splits:
         raise ValueError(f"{data_cfg.name} has no split {split!r}; valid splits: {sorted(builder.info.splits)}")
     where = f"{data_cfg.name}/{split}"
@@ -62,7 +94,28 @@ def open_split(data_cfg: ml_collections.ConfigDict, split: str) -> grain.MapData
     source = RecordSource(raw, builder.info.features.deserialize_example_np, where)
     # Validation sits before any shuffle so its index is the position in the split.
     validate = ValidateRecord(where, image_shape=digits.IMAGE_SHAPE, num_classes=len(digits.CLASS_NAMES))
-    return grain.MapDataset.source(source).map_with_index(validate).map(DecodeImage())
+    return grain.MapDataset.source(source).map_with_index(validate)
+
+
+class _TrainExample(grain.transforms.RandomMap):
+    """ExampleTransform with the generator grain seeds per stream position."""
+
+    def __init__(self, fn: ExampleTransform):
+        self.fn = fn
+
+    def random_map(self, record, rng):
+        return self.fn(record, rng)
+
+
+class _EvalExample(grain.transforms.MapWithIndex):
+    """ExampleTransform with a generator seeded by the example's index: the same
+    points are sampled for an example in every evaluation."""
+
+    def __init__(self, fn: ExampleTransform, seed: int):
+        self.fn, self.seed = fn, seed
+
+    def map_with_index(self, index, record):
+        return self.fn(record, np.random.default_rng([self.seed, index]))
 
 
 def _read_options(data_cfg: ml_collections.ConfigDict) -> grain.ReadOptions:
@@ -74,8 +127,9 @@ def make_train_iterator(data_cfg: ml_collections.ConfigDict, *, global_batch_siz
                         tokenizer: Tokenizer, shard_index: int, shard_count: int) -> grain.DatasetIterator:
     """Infinite iterator of this process's share of each global batch.
 
-    Yields {"image": float32 [b, 28, 28, 1], "text": int32 [b, L],
-    "label": int32 [b]} with b = global_batch_size // shard_count.
+    Yields b = global_batch_size // shard_count rows of what
+    `mmjax.data.modalities.ExampleTransform` makes (inputs of the configured
+    modalities, "label", and the per-example "present" and "flags" dicts).
 
     State: `get_state()` is {"next_index": <batches yielded>} (plain ints,
     JSON-serialisable), the same on every process; `set_state()` of it on a
@@ -91,10 +145,10 @@ def make_train_iterator(data_cfg: ml_collections.ConfigDict, *, global_batch_siz
 
     ds = open_split(data_cfg, data_cfg.train_split)
     ds = ds.shuffle(seed=int(shuffle_seed)).repeat()  # repeat re-seeds the shuffle per epoch.
-    if data_cfg.augment:
-        # After repeat: the index is the stream position, so epochs augment differently.
-        ds = ds.random_map(RandomShift(data_cfg.max_shift), seed=int(augment_seed))
-    ds = ds.map(TokenizeCaption(tokenizer))
+    # After repeat: the index is the stream position, so epochs augment differently.
+    example = ExampleTransform.from_config(data_cfg, tokenizer, train=True,
+                                           where=f"{data_cfg.name}/{data_cfg.train_split}")
+    ds = ds.random_map(_TrainExample(example), seed=int(augment_seed))
     # Local batch j of the whole stream is rows [j*b, (j+1)*b); global batch t
     # is local batches t*S .. t*S+S-1, so shard k takes every S-th from k.
     ds = ds.batch(local_batch_size, drop_remainder=True)[shard_index::shard_count]
@@ -107,15 +161,21 @@ def make_eval_batches(data_cfg: ml_collections.ConfigDict, *, split: str, batch_
 
     Each batch has exactly `batch_size` rows (one compiled eval step); the
     last is zero-padded, and "mask" (bool [batch_size]) is True on real rows.
-    Keys: image, text, label, mask.
+    Keys: the modalities' inputs, label, present, flags, and mask.
     """
-    ds = open_split(data_cfg, split).map(TokenizeCaption(tokenizer))
+    example = ExampleTransform.from_config(data_cfg, tokenizer, train=False, where=f"{data_cfg.name}/{split}")
+    ds = open_split(data_cfg, split).map_with_index(_EvalExample(example, seed=0))
     ds = ds.batch(batch_size, drop_remainder=False)
     return [_pad_batch(batch, batch_size) for batch in ds.to_iter_dataset(_read_options(data_cfg))]
 
 
-def _pad_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+def _pad_batch(batch: dict, size: int) -> dict:
     n = len(batch["label"])
-    padded = {k: np.concatenate([v, np.zeros((size - n, *v.shape[1:]), v.dtype)]) for k, v in batch.items()}
+
+    def pad(v):
+        if isinstance(v, dict):  # "present", "flags"
+            return {k: pad(x) for k, x in v.items()}
+        return np.concatenate([v, np.zeros((size - n, *v.shape[1:]), v.dtype)])
+    padded = pad(batch)
     padded["mask"] = np.arange(size) < n
     return padded

@@ -147,12 +147,28 @@ def _torus(n: int, rng: np.random.Generator) -> np.ndarray:
     return np.stack([ring * np.cos(phi), ring * np.sin(phi), r * np.sin(theta)], axis=1)
 
 
-def synthetic_shape(kind: str, num_points: int, rng: np.random.Generator) -> np.ndarray:
-    """num_points samples, uniform by area, on the surface of a `SHAPES` solid.
+# Each solid's smallest bounding sphere (centre on the z axis, radius) as
+# constructed above; mapping it onto the unit sphere puts the shape inside
+# the unit sphere, touching it.
+_BOUNDING_SPHERES = {
+    "sphere": (0.0, 1.0),
+    "cube": (0.0, np.sqrt(3)),
+    "cylinder": (0.0, np.sqrt(2)),
+    "cone": (-0.25, 1.25),  # equidistant from apex (z=1) and base rim
+    "torus": (0.0, sum(_TORUS_RADII)),
+    "pyramid": (-0.5, 1.5),  # equidistant from apex and base corners
+}
 
-    Normalised with `normalize_unit_sphere`, so (as for real scans) the centre
-    is the sample mean and properties such as the sphere's radius hold up to
-    the small sampling offset of that mean.
+
+def synthetic_shape(kind: str, num_points: int, rng: np.random.Generator) -> np.ndarray:
+    """float32 [num_points, 3] samples, uniform by area, on a `SHAPES` surface.
+
+    Scaled by the solid's exact bounding sphere rather than by sample
+    statistics, so every sample of a class has the same geometry (a sphere
+    sample has radius exactly 1, a cube's faces lie at |coord| = 1/sqrt(3)).
+    The clouds are therefore not mean-centred: the sample mean is near the
+    origin for the symmetric solids but off it along z for the cone and the
+    pyramid.
     """
     if kind == "sphere":
         p = rng.normal(size=(num_points, 3))
@@ -165,7 +181,8 @@ def synthetic_shape(kind: str, num_points: int, rng: np.random.Generator) -> np.
         p = {"cylinder": _cylinder, "cone": _cone, "torus": _torus}[kind](num_points, rng)
     else:
         raise ValueError(f"unknown shape {kind!r}; valid: {list(SHAPES)}")
-    return normalize_unit_sphere(p)
+    centre_z, radius = _BOUNDING_SPHERES[kind]
+    return ((p - [0.0, 0.0, centre_z]) / radius).astype(np.float32)
 
 
 def make_shape_dataset(num_per_class: int, num_points: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -28,6 +28,7 @@ class Tokenizer(Protocol):
     @staticmethod
     def normalize(text: str) -> str: ...
     def encode(self, text: str) -> np.ndarray: ...
+    def num_tokens(self, text: str) -> int: ...
     def encode_batch(self, texts: Sequence[str]) -> np.ndarray: ...
     def decode(self, ids: Sequence[int] | np.ndarray) -> str: ...
 
@@ -65,6 +66,10 @@ class ByteTokenizer:
         ids[1: 1 + len(data)] = np.frombuffer(data, np.uint8).astype(np.int32) + self._offset
         ids[1 + len(data)] = self.eot_id
         return ids
+
+    def num_tokens(self, text: str) -> int:
+        """Ids `text` needs with bos and eot, before truncation to max_len."""
+        return len(self.normalize(text).encode("utf-8")) + 2
 
     def encode_batch(self, texts: Sequence[str]) -> np.ndarray:
         """Returns int32 [N, max_len]."""

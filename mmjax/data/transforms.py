@@ -1,8 +1,8 @@
-"""Per-example grain transforms for image-caption records.
+"""Reading and validating records; image augmentation.
 
 Order in a pipeline: `RecordSource` (deserialise) -> `ValidateRecord` (before
-any shuffle, so the index it names is the example's position in its split)
--> `DecodeImage` -> optional `RandomShift` -> `TokenizeCaption`.
+any shuffle, so the index it names, and stores as "_index", is the example's
+position in its split) -> `mmjax.data.modalities.ExampleTransform`.
 
 Bad input stops the run with a `BadRecordError` that names dataset, split,
 example index and field, so the record can be found and fixed (design guide:
@@ -17,7 +17,6 @@ from typing import Any, NoReturn
 import grain
 import numpy as np
 
-from mmjax.data.tokenizer import Tokenizer
 
 Record = dict[str, Any]
 
@@ -89,15 +88,7 @@ class ValidateRecord(grain.transforms.MapWithIndex):
             fail("caption", f"has type {type(caption).__name__}, expected text")
         if not caption.strip():
             fail("caption", "is empty")
-        return {**record, "caption": caption}
-
-
-class DecodeImage(grain.transforms.Map):
-    """uint8 image -> float32 in [-1, 1]; label -> int32; drops other fields."""
-
-    def map(self, record: Record) -> Record:
-        image = record["image"].astype(np.float32) / 127.5 - 1.0
-        return {"image": image, "label": np.int32(record["label"]), "caption": record["caption"]}
+        return {**record, "caption": caption, "_index": index}
 
 
 class RandomShift(grain.transforms.RandomMap):
@@ -115,25 +106,17 @@ class RandomShift(grain.transforms.RandomMap):
         self.background = background
 
     def random_map(self, record: Record, rng: np.random.Generator) -> Record:
-        image = record["image"]  # [H, W, C]
-        h, w = image.shape[:2]
-        dy, dx = rng.integers(-self.max_shift, self.max_shift + 1, size=2)
-        # out[i, j] = image[i - dy, j - dx], background outside: the same as
-        # padding by max_shift and cropping at (max_shift - dy, max_shift - dx),
-        # without building the padded image (this runs for every example).
-        out = np.full_like(image, self.background)
-        out[max(dy, 0): h + min(dy, 0), max(dx, 0): w + min(dx, 0)] = \
-            image[max(-dy, 0): h - max(dy, 0), max(-dx, 0): w - max(dx, 0)]
-        return {**record, "image": out}
+        return {**record, "image": random_shift(record["image"], rng, self.max_shift, self.background)}
 
 
-class TokenizeCaption(grain.transforms.Map):
-    """caption (str) -> text (int32 [max_len]); strings do not batch into arrays."""
-
-    def __init__(self, tokenizer: Tokenizer):
-        self.tokenizer = tokenizer
-
-    def map(self, record: Record) -> Record:
-        out = {k: v for k, v in record.items() if k != "caption"}
-        out["text"] = self.tokenizer.encode(record["caption"])
-        return out
+def random_shift(image: np.ndarray, rng: np.random.Generator, max_shift: int, background: float) -> np.ndarray:
+    """image [H, W, C] translated by (dy, dx) ~ U{-max_shift..max_shift}^2, background outside."""
+    h, w = image.shape[:2]
+    dy, dx = rng.integers(-max_shift, max_shift + 1, size=2)
+    # out[i, j] = image[i - dy, j - dx], background outside: the same as
+    # padding by max_shift and cropping at (max_shift - dy, max_shift - dx),
+    # without building the padded image (this runs for every example).
+    out = np.full_like(image, background)
+    out[max(dy, 0): h + min(dy, 0), max(dx, 0): w + min(dx, 0)] = \
+        image[max(-dy, 0): h - max(dy, 0), max(-dx, 0): w - max(dx, 0)]
+    return out

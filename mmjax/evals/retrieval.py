@@ -119,3 +119,34 @@ def bidirectional_retrieval(
         recall = retrieval_recall(queries, keys, ks=ks, chunk_size=chunk_size, mask=mask)
         out.update({f"{direction}_{key}": value for key, value in recall.items()})
     return out
+
+
+def class_recall(
+    queries,
+    keys,
+    query_labels,
+    key_labels,
+    ks: Sequence[int] = (1, 5, 10),
+    chunk_size: int = 1024,
+) -> dict[str, float]:
+    """Class-level recall@k: a query hits when any of its k best keys has its label.
+
+    Instance-level recall asks for the one paired key; when pairs are formed
+    only by class (a spoken "seven" paired with some image of a 7) that is
+    partly luck, and this is the figure that measures what was learned.
+    Chance is about 1 - (1 - 1/C)^k for C balanced classes. Ties in score are
+    broken by key order (a collapsed model scores near chance, not exactly).
+    """
+    queries = as_embedding_matrix(queries, "queries")
+    keys = as_embedding_matrix(keys, "keys")
+    query_labels, key_labels = np.asarray(query_labels), np.asarray(key_labels)
+    if len(query_labels) != len(queries) or len(key_labels) != len(keys):
+        raise ValueError("one label per query and per key is needed")
+    kmax = min(max(ks), len(keys))
+    hits = np.zeros(len(ks))
+    for start in range(0, len(queries), chunk_size):
+        scores = queries[start:start + chunk_size] @ keys.T  # [c, N]
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :kmax]  # [c, kmax]
+        same = key_labels[top] == query_labels[start:start + chunk_size, None]  # [c, kmax]
+        hits += [same[:, :k].any(axis=1).sum() for k in ks]
+    return {f"r{k}": float(h / len(queries)) for k, h in zip(ks, hits)}

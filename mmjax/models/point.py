@@ -98,17 +98,18 @@ def group_points(points, num_groups: int, group_size: int):
 
 
 class MiniPointNet(nn.Module):
-    """Patch [..., K, 3] -> token [..., out_dim], as Point-MAE's group encoder.
+    """Patch [..., K, 3] -> token [..., out_dim], Point-MAE's group encoder.
 
-    A shared per-point MLP, a max-pool over the patch, the pooled feature
-    concatenated back onto every point (so each point sees its patch's
-    context), a second per-point MLP and a final max-pool. Point-MAE uses
+    A shared per-point MLP (3 -> dim/2 -> dim), a max-pool over the patch,
+    the pooled feature concatenated back onto every point (so each point sees
+    its patch's context), a second per-point MLP (2*dim -> 2*dim -> out_dim)
+    and a final max-pool; dim=256 is Point-MAE's layout. Point-MAE uses
     BatchNorm; LayerNorm is used here because batch statistics would need a
     train flag and mutable state the common tower signature does not carry,
     and would let examples in a contrastive batch see each other.
     """
 
-    hidden_dim: int
+    dim: int
     out_dim: int
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
@@ -120,21 +121,22 @@ class MiniPointNet(nn.Module):
 
     @nn.compact
     def __call__(self, patches):
-        x = self._mlp(patches.astype(self.dtype), self.hidden_dim, self.hidden_dim, "first")  # [..., K, h]
+        x = self._mlp(patches.astype(self.dtype), self.dim // 2, self.dim, "first")  # [..., K, dim]
         context = jnp.broadcast_to(x.max(axis=-2, keepdims=True), x.shape)
-        x = jnp.concatenate([context, x], axis=-1)  # [..., K, 2h]
-        x = self._mlp(x, 2 * self.hidden_dim, self.out_dim, "second")
+        x = jnp.concatenate([context, x], axis=-1)  # [..., K, 2*dim]
+        x = self._mlp(x, 2 * self.dim, self.out_dim, "second")
         return x.max(axis=-2)
 
 
 class PointTransformer(nn.Module):
     """Point cloud [B, N, 3] -> {"pooled": [B, D], "tokens": [B, G, D]}.
 
-    Defaults are Point-MAE's (64 groups of 32, width 384, 12 layers, 6 heads).
-    The mini-PointNet's hidden width is width // 2 (Point-MAE: 128/256 for a
-    384-wide token). The centre position embedding is added once, before the
-    encoder; Point-MAE re-adds it before every block, which the shared
-    `Encoder` does not do.
+    Defaults are Point-MAE's (64 groups of 32, width 384, 12 layers, 6 heads,
+    mini-PointNet dim 256). The mini-PointNet runs on every grouped point
+    (B*G*K of them), so on CPU its `pointnet_dim` dominates the cost of small
+    towers. The centre position embedding is added once, before the encoder;
+    Point-MAE re-adds it before every block, which the shared `Encoder` does
+    not do.
 
     Invariance: for a fixed FPS start point (index 0 of the cloud) and no
     distance ties, permuting the other points leaves centres, patches and hence
@@ -153,6 +155,7 @@ class PointTransformer(nn.Module):
     depth: int = 12
     num_heads: int = 6
     mlp_dim: int = 1536
+    pointnet_dim: int = 256
     pool: str = "mean"
     scan: bool = False
     remat: str = "none"
@@ -161,9 +164,10 @@ class PointTransformer(nn.Module):
 
     @nn.compact
     def __call__(self, points, mask=None):
-        """`mask` is part of the common tower signature but not supported yet.
+        """points [B, N, 3]; `mask` is the towers' input-validity mask.
 
-        A non-None mask raises rather than being silently ignored.
+        Clouds have a fixed N and no padding, so a mask is not supported yet;
+        a non-None one raises rather than being silently ignored.
         """
         if mask is not None:
             raise ValueError("PointTransformer does not support a mask yet; pass mask=None")
@@ -172,7 +176,7 @@ class PointTransformer(nn.Module):
         _check_cloud(points)
         patches, centres = group_points(points, self.num_groups, self.group_size)
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        x = MiniPointNet(self.width // 2, self.width, **kw, name="group_embed")(patches)  # [B, G, D]
+        x = MiniPointNet(self.pointnet_dim, self.width, **kw, name="group_embed")(patches)  # [B, G, D]
         # Point-MAE's position MLP: xyz -> 128 -> D with a GELU.
         pos = nn.Dense(128, **kw, name="posemb_fc1")(centres.astype(self.dtype))
         x = x + nn.Dense(self.width, **kw, name="posemb_fc2")(nn.gelu(pos))

@@ -19,10 +19,13 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from mmjax.models.audio import AudioTransformer
+from mmjax.models.point import PointTransformer
 from mmjax.models.text import TextTransformer
 from mmjax.models.vit import ViT
 
-ENCODERS: dict[str, type[nn.Module]] = {"vit": ViT, "text": TextTransformer}
+ENCODERS: dict[str, type[nn.Module]] = {
+    "vit": ViT, "text": TextTransformer, "audio": AudioTransformer, "points": PointTransformer}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 

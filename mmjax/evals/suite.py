@@ -1,0 +1,90 @@
+"""The evaluation suite run by the trainer: embeddings once, then every metric.
+
+Per configured modality m: zero-shot classification against the class
+prompts (`zeroshot_top1_<m>`, `zeroshot_top5_<m>`). Per configured directed
+pair "a:b": retrieval of b from a, instance-level (`r<k>_<a>_<b>`: the paired
+example is the one right answer) and class-level (`class_r<k>_<a>_<b>`: any
+example of the query's class counts). `config.eval.aliases` adds short names
+(e.g. "i2t_r1" for "r1_image_text").
+"""
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from mmjax import parallel
+from mmjax.data import digits
+from mmjax.evals import retrieval, zeroshot
+
+
+def parse_pairs(pairs) -> list[tuple[str, str]]:
+    out = []
+    for pair in pairs:
+        a, sep, b = pair.partition(":")
+        if not sep or not a or not b:
+            raise ValueError(f"config.eval.retrieval_pairs entry {pair!r}: expected 'query:key', e.g. 'audio:image'")
+        out.append((a, b))
+    return out
+
+
+class EvalSuite:
+    def __init__(self, eval_cfg, model, tokenizer, mesh, eval_batches: list[dict]):
+        self.cfg, self.model, self.mesh, self.batches = eval_cfg, model, mesh, eval_batches
+        self.pairs = parse_pairs(eval_cfg.retrieval_pairs)
+        self.zeroshot = tuple(eval_cfg.zeroshot_modalities)
+        towers = set(model.towers)
+        needed = set(self.zeroshot) | {m for p in self.pairs for m in p} | ({"text"} if self.zeroshot else set())
+        if needed - towers:
+            raise ValueError(f"config.eval names modalities {sorted(needed - towers)} the model has no tower for; "
+                             f"towers: {sorted(towers)}")
+        self.modalities = sorted(needed)
+        self.dp = parallel.data_parallel_size(mesh)
+        prompts = zeroshot.build_prompts(digits.CLASS_NAMES, [str(d) for d in range(len(digits.CLASS_NAMES))],
+                                         digits.ZEROSHOT_PROMPTS)
+        self.num_prompts = len(prompts)
+        ids = tokenizer.encode_batch(prompts)
+        # Pad to a multiple of the data-parallel size; the extra rows are dropped after embedding.
+        self.prompt_batch = {"text": np.concatenate([ids, np.repeat(ids[-1:], -len(ids) % self.dp, axis=0)])}
+        self._embed = jax.jit(
+            lambda params, x, mask, modality: model.apply({"params": params}, x, modality, mask, method="embed")[0],
+            static_argnums=3, out_shardings=NamedSharding(mesh, P()))
+
+    def _local_rows(self, x):
+        rows = x.shape[0] // jax.process_count()
+        return x[jax.process_index() * rows:(jax.process_index() + 1) * rows]
+
+    def embed_all(self, params, batches, modality) -> np.ndarray:
+        """[sum of batch rows, E] embeddings of `modality` over `batches` (every process gets all)."""
+        out = []
+        for b in batches:
+            x = {"x": self._local_rows(b[modality])}
+            if f"{modality}_mask" in b:
+                x["mask"] = self._local_rows(b[f"{modality}_mask"])
+            x = parallel.host_to_global(x, self.mesh)
+            out.append(np.asarray(self._embed(params, x["x"], x.get("mask"), modality)))
+        return np.concatenate(out)
+
+    def __call__(self, params) -> dict[str, float]:
+        mask = np.concatenate([b["mask"] for b in self.batches])
+        labels = np.concatenate([b["label"] for b in self.batches])[mask]
+        z = {m: self.embed_all(params, self.batches, m)[mask] for m in self.modalities}
+        results = {}
+        if self.zeroshot:
+            z_prompts = self.embed_all(params, [self.prompt_batch], "text")[:self.num_prompts]
+            classes = zeroshot.prompt_ensemble(z_prompts.reshape(len(digits.CLASS_NAMES), -1, z_prompts.shape[-1]))
+            for m in self.zeroshot:
+                for key, value in zeroshot.zeroshot_metrics(z[m], labels, classes, topk=(1, 5)).items():
+                    results[f"{key}_{m}"] = value
+        ks = tuple(self.cfg.retrieval_ks)
+        for a, b in self.pairs:
+            for k, v in retrieval.retrieval_recall(z[a], z[b], ks=ks).items():
+                results[f"{k}_{a}_{b}"] = v
+            for k, v in retrieval.class_recall(z[a], z[b], labels, labels, ks=ks).items():
+                results[f"class_{k}_{a}_{b}"] = v
+        for alias, name in dict(self.cfg.aliases).items():
+            if name not in results:
+                raise ValueError(f"config.eval.aliases: {alias!r} names unknown metric {name!r}; "
+                                 f"valid: {sorted(results)}")
+            results[alias] = results[name]
+        return results

@@ -1,0 +1,99 @@
+"""Audio Spectrogram Transformer tower (AST, Gong et al., 2021; AudioMAE, Huang et al., 2022)."""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from mmjax.models.layers import AddPositionEmbedding, Dtype, Encoder
+
+
+class AudioTransformer(nn.Module):
+    """Log-mel [B, T, F] (+ valid frames [B, T]) -> {"pooled": [B, D], "tokens": [B, N, D]}.
+
+    The spectrogram is cut into non-overlapping (patch_time, patch_freq)
+    patches, N = T/patch_time * F/patch_freq, ordered time-major (token
+    t * F/patch_freq + f). Positions are either "factorized" (a learned time
+    table [Tp, D] plus a learned frequency table [Fp, D], AudioMAE's "separate"
+    embedding: Tp + Fp vectors to learn instead of Tp * Fp, and every patch of
+    a time step shares its time vector) or fixed 2-D "sincos". Learned tables
+    are sized by the input: a model initialised on T frames applies to T
+    frames only, which the pipeline guarantees by padding or cropping.
+
+    `mask` marks valid (non-padding) frames. Invalid frames are zeroed before
+    patching, so a patch straddling the end of a clip does not see what the
+    padding holds; patches with no valid frame are masked out as attention
+    keys and left out of the mean pool. The output therefore depends only on
+    the valid frames. pool="tok" prepends a learned class token (dropped from
+    "tokens") and pools it.
+    """
+
+    patch_time: int = 16
+    patch_freq: int = 16
+    width: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_dim: int = 3072
+    posemb: str = "factorized"  # "factorized" | "sincos"
+    pool: str = "mean"  # "mean" | "tok"
+    scan: bool = False
+    remat: str = "none"
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, spec, mask=None):  # spec: [B, T, F]; mask: [B, T] bool or None
+        if spec.ndim != 3:
+            raise ValueError(f"spectrogram must be [B, T, F], got shape {spec.shape}")
+        b, t, f = spec.shape
+        pt, pf = self.patch_time, self.patch_freq
+        if t % pt or f % pf:
+            raise ValueError(f"spectrogram of {t} frames x {f} bands is not divisible by the "
+                             f"({pt}, {pf}) patch; pad or crop the frames, or change the patch")
+        if mask is not None and mask.shape != (b, t):
+            raise ValueError(f"mask must be [B, T] = {(b, t)}, got shape {mask.shape}")
+        if self.pool not in ("mean", "tok"):
+            raise ValueError(f"unknown audio pool {self.pool!r}; valid: 'mean', 'tok'")
+        grid = (t // pt, f // pf)
+        x = spec.astype(self.dtype)
+        if mask is not None:
+            x = jnp.where(mask[..., None], x, 0)
+        x = nn.Conv(self.width, (pt, pf), strides=(pt, pf), padding="VALID", dtype=self.dtype,
+                    param_dtype=self.param_dtype, name="patch_embed")(x[..., None])  # [B, Tp, Fp, D]
+        x = self._add_posemb(x)
+        x = x.reshape(b, grid[0] * grid[1], self.width)
+
+        # A patch is valid if any of its frames is; every frequency row of a
+        # time step shares that validity.
+        valid = None
+        if mask is not None:
+            valid = mask.reshape(b, grid[0], pt).any(axis=-1)  # [B, Tp]
+            valid = jnp.repeat(valid, grid[1], axis=1)  # [B, N], time-major like x
+        if self.pool == "tok":
+            cls = self.param("cls", nn.initializers.zeros, (1, 1, self.width), self.param_dtype)
+            x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (b, 1, self.width)), x], axis=1)
+            if valid is not None:
+                valid = jnp.concatenate([jnp.ones((b, 1), bool), valid], axis=1)
+        # Only keys are masked: padding tokens still attend to the clip, so
+        # their outputs stay meaningful (e.g. for a masked-modelling decoder).
+        attn_mask = None if valid is None else nn.make_attention_mask(jnp.ones_like(valid), valid)
+        x = Encoder(self.depth, self.num_heads, self.mlp_dim, self.scan, self.remat, self.dtype,
+                    self.param_dtype, name="encoder")(x, attn_mask)
+
+        if self.pool == "tok":
+            return {"pooled": x[:, 0], "tokens": x[:, 1:]}
+        if valid is None:
+            return {"pooled": x.mean(axis=1), "tokens": x}
+        w = valid[..., None].astype(x.dtype)
+        return {"pooled": (x * w).sum(axis=1) / jnp.maximum(w.sum(axis=1), 1), "tokens": x}
+
+    def _add_posemb(self, x):  # x: [B, Tp, Fp, D]
+        _, tp, fp, d = x.shape
+        if self.posemb == "factorized":
+            init = nn.initializers.normal(stddev=0.02)
+            time = self.param("posemb_time", init, (tp, 1, d), self.param_dtype)
+            freq = self.param("posemb_freq", init, (1, fp, d), self.param_dtype)
+            return x + (time + freq).astype(x.dtype)[None]
+        if self.posemb == "sincos":
+            flat = AddPositionEmbedding("sincos", (tp, fp), self.param_dtype, name="posemb")(x.reshape(-1, tp * fp, d))
+            return flat.reshape(x.shape)
+        raise ValueError(f"unknown audio posemb {self.posemb!r}; valid: 'factorized', 'sincos'")
