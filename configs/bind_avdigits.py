@@ -22,7 +22,9 @@ from mmjax.config_utils import parse_variant
 
 MODELS = {
     "tiny": dict(width=32, depth=1, heads=2, mlp=64, embed=32, steps=10, batch=32, points=64, groups=8, k=8),
-    "small": dict(width=128, depth=3, heads=4, mlp=256, embed=128, steps=600, batch=256, points=256, groups=32, k=16),
+    # Sized for a 2-core CPU: fwd+bwd at B=128 measured 0.08 s image, 0.12 s audio,
+    # 0.08 s text (16 BPE tokens), 0.18 s points (128 points, 16 groups of 16).
+    "small": dict(width=128, depth=3, heads=4, mlp=256, embed=128, steps=800, batch=128, points=128, groups=16, k=16),
 }
 
 
@@ -40,6 +42,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         for m in ("audio", "points", "text"):
             c.data.drop_prob[m] = v.drop
         c.data.points.num_points = size["points"]
+        # BPE learnt on the captions: every caption is <= 8 tokens, so 16 holds it
+        # at half the cost of 32 bytes.
+        c.data.tokenizer, c.data.text_len = "bpe", 16
 
         tower = dict(width=size["width"], depth=size["depth"], num_heads=size["heads"], mlp_dim=size["mlp"],
                      scan=False, remat="none")

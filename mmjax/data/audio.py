@@ -116,13 +116,12 @@ class LogMelConfig:
 
     n_fft = win_length = 256 is a 32 ms window (31 Hz bins), the usual speech
     frame; hop 80 is the customary 10 ms, so 1 s is 101 frames. 64 mel bands
-    from 0 Hz to Nyquist (fmax=None -> sr/2): at this n_fft the lowest Slaney
-    bands are ~72 Hz wide, so each still covers >= 2 FFT bins and none is
-    empty. `mel_norm="slaney"` scales each triangle to unit area (librosa's
-    default, for either `mel_scale`); "none" gives peak-1 triangles (HTK,
-    torchaudio's default). Frames are centred (the signal is padded by n_fft//2
-    each side) with `pad_mode` "reflect" (librosa < 0.10, torchaudio) or
-    "constant" (zeros; librosa >= 0.10). The window is a periodic Hann.
+    from 0 Hz to Nyquist (fmax=None): the lowest Slaney bands are ~72 Hz wide,
+    so each covers >= 2 FFT bins. `mel_norm="slaney"` scales each triangle to
+    unit area (librosa's default, for either `mel_scale`); "none" gives peak-1
+    triangles (HTK, torchaudio). Frames are centred (padded by n_fft//2 each
+    side) with `pad_mode` "reflect" (librosa < 0.10, torchaudio) or "constant"
+    (zeros; librosa >= 0.10). The window is a periodic Hann.
     """
 
     sample_rate: int = 8000
@@ -176,10 +175,8 @@ def from_config(cfg: Any) -> LogMelConfig:
     """LogMelConfig from a Mapping or ml_collections ConfigDict; unknown fields fail listing the valid ones."""
     if isinstance(cfg, LogMelConfig):
         return cfg
-    fields = dict(cfg.items())
-    valid = [f.name for f in dataclasses.fields(LogMelConfig)]
-    unknown = sorted(set(fields) - set(valid))
-    if unknown:
+    fields, valid = dict(cfg.items()), [f.name for f in dataclasses.fields(LogMelConfig)]
+    if unknown := sorted(set(fields) - set(valid)):
         raise ValueError(f"unknown log-mel config field(s) {unknown}; valid: {valid}")
     return LogMelConfig(**fields)
 
@@ -249,10 +246,9 @@ def fix_frames(spec: np.ndarray, num_frames: int, rng: np.random.Generator | Non
                pad_value: float = LogMelConfig().silence) -> tuple[np.ndarray, np.ndarray]:
     """spec [T, F] -> (spec [num_frames, F], valid bool [num_frames]): a static shape for the model.
 
-    Longer clips are cropped, at a random offset when `rng` is given (the
-    random-crop augmentation), else from the start; shorter ones are padded at
-    the end with `pad_value` (silence), and `valid` marks the real frames,
-    which are therefore always the leading ones.
+    Longer clips are cropped at a random offset when `rng` is given (random
+    crop augmentation), else from the start; shorter ones are padded at the
+    end with `pad_value` (silence), so `valid` marks the leading frames.
     """
     t = spec.shape[0]
     if t >= num_frames:
@@ -266,9 +262,8 @@ def fix_frames(spec: np.ndarray, num_frames: int, rng: np.random.Generator | Non
 def random_gain(waveform: np.ndarray, rng: np.random.Generator, max_db: float) -> np.ndarray:
     """Scales the waveform by a gain drawn uniformly in [-max_db, +max_db] dB; no clipping.
 
-    Applied to the waveform rather than as a shift of the log-mel, because the
-    log_offset floor is absolute: louder or quieter speech changes its contrast
-    with silence, which a constant log-mel shift would not reproduce.
+    Not a shift of the log-mel, because the log_offset floor is absolute: a
+    gain changes how far speech stands above it, which a shift would not.
     """
     gain = 10.0 ** (rng.uniform(-max_db, max_db) / 20.0)
     return np.asarray(waveform, dtype=np.float32) * np.float32(gain)
