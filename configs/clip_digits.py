@@ -43,7 +43,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     tower = dict(width=size["width"], depth=size["depth"], num_heads=size["heads"], mlp_dim=size["mlp"],
                  scan=False, remat="none", posemb="learn")
     c.model.towers = ml_collections.ConfigDict({
-        "image": dict(encoder="vit", patch_size=size["patch"], pool="gap", **tower),
+        "image": dict(encoder="vit", patch_size=size["patch"], pool="mean", **tower),
         # vocab_size and eot_id come from the tokenizer (config.data.tokenizer).
         "text": dict(encoder="text", causal=True, pool="eot", **tower),
     })

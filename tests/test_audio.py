@@ -334,7 +334,7 @@ def test_audio_transformer_ignores_padding_frames(tower):
     ((1, 30, 16), {}, r"30 frames x 16 bands is not divisible by the \(8, 8\) patch"),
     ((1, 32, 12), {}, "not divisible"),
     ((1, 32, 16), {"posemb": "learn"}, "unknown audio posemb 'learn'; valid: 'factorized', 'sincos'"),
-    ((1, 32, 16), {"pool": "gap"}, "unknown audio pool 'gap'"),
+    ((1, 32, 16), {"pool": "gap"}, "unknown pool 'gap' for AudioTransformer"),
 ])
 def test_audio_transformer_rejects_bad_shapes_and_options(shape, fields, message):
     model = AudioTransformer(**TINY, **fields)

@@ -37,7 +37,7 @@ def _unstack_scan_params(params):
     return flax.traverse_util.unflatten_dict(out)
 
 
-@pytest.mark.parametrize("pool", ["gap", "tok"])
+@pytest.mark.parametrize("pool", ["mean", "max", "tok"])
 def test_vit_output_contract(pool):
     model = ViT(patch_size=7, pool=pool, **TINY)
     x = jax.random.normal(jax.random.key(0), (3, 28, 28, 1))

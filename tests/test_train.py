@@ -94,7 +94,8 @@ def test_exact_resume_after_sigkill(tmp_path):
     import jax
     for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(state_s)[0], jax.tree_util.tree_leaves(state_k)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=jax.tree_util.keystr(path))
-    assert out_straight.strip().splitlines()[-1].startswith("final: zeroshot_top1=")
+    final_line = out_straight.strip().splitlines()[-1]
+    assert final_line.startswith("final: ") and " zeroshot_top1=" in final_line and " i2t_r1=" in final_line
 
 
 @pytest.mark.parametrize("flag, message", [
@@ -110,3 +111,20 @@ def test_cli_rejects_bad_config_keys(tmp_path, flag, message):
     assert proc.returncode != 0
     import re
     assert re.search(message, proc.stderr, re.S), proc.stderr[-2000:]
+
+
+def test_four_modality_binding_trains_with_modality_dropout(tmp_path):
+    """bind_avdigits (tiny) end to end with half of audio/points/text dropped per example."""
+    from configs import bind_avdigits
+    import jax
+    config = bind_avdigits.get_config("model=tiny,steps=4,drop=0.5")
+    with config.unlocked():
+        config.tensorboard = False
+    final = train.train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:2])
+    for m in ("image", "audio", "points"):
+        assert 0.0 <= final[f"zeroshot_top1_{m}"] <= 1.0
+    for pair in ("audio_image", "points_image", "audio_text", "image_text"):
+        assert {f"r1_{pair}", f"class_r1_{pair}"} <= set(final)
+    rows = [r for r in metrics.read_metrics(str(tmp_path)) if "train/loss" in r]
+    assert len(rows) == 4 and all(np.isfinite(r["train/loss"]) for r in rows)
+    assert {"train/image_audio/loss", "train/image_points/loss", "train/image_text/loss"} <= set(rows[-1])

@@ -109,6 +109,9 @@ def _audio(t: ExampleTransform, record, rng, flags) -> dict:
     if t.augmenting:
         spec = audio_lib.spec_augment(spec, valid, rng, c["time_masks"], c["time_width"], c["freq_masks"],
                                       c["freq_width"])
+    # Standardise with dataset statistics (as AST/AudioMAE do) so the patch
+    # embedding sees unit-scale inputs instead of log values around -10.
+    spec = (spec - c["norm_mean"]) / c["norm_std"]
     return {"audio": spec.astype(np.float32), "audio_mask": valid}
 
 
@@ -140,5 +143,5 @@ def _zeros_like_inputs(t: ExampleTransform, m: str) -> dict:
     if m == "text":  # a valid (empty) sequence, so the text tower still finds an eot
         out["text"] = t.tokenizer.encode("")
     if m == "audio":
-        out["audio"][:] = t.logmel.silence
+        out["audio"][:] = (t.logmel.silence - t.audio_cfg["norm_mean"]) / t.audio_cfg["norm_std"]
     return out

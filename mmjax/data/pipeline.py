@@ -55,6 +55,8 @@ def default_data_config() -> ml_collections.ConfigDict:
             "logmel": {"sample_rate": avdigits.SAMPLE_RATE, "n_fft": 256, "win_length": 256, "hop_length": 80,
                        "n_mels": 64, "fmin": 0.0, "log_offset": 1e-6},
             "num_frames": 96,  # ~0.96 s: longer than 98% of FSDD clips; pad/crop + mask
+            # Log-mel mean and std over every 10th FSDD clip with the settings above.
+            "norm_mean": -9.6, "norm_std": 3.5,
             "gain_db": 6.0,
             "time_masks": 2, "time_width": 10, "freq_masks": 2, "freq_width": 8,
         },

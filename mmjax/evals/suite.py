@@ -82,9 +82,8 @@ class EvalSuite:
                 results[f"{k}_{a}_{b}"] = v
             for k, v in retrieval.class_recall(z[a], z[b], labels, labels, ks=ks).items():
                 results[f"class_{k}_{a}_{b}"] = v
-        for alias, name in dict(self.cfg.aliases).items():
-            if name not in results:
-                raise ValueError(f"config.eval.aliases: {alias!r} names unknown metric {name!r}; "
-                                 f"valid: {sorted(results)}")
-            results[alias] = results[name]
-        return results
+        unknown = {a: n for a, n in dict(self.cfg.aliases).items() if n not in results}
+        if unknown:
+            raise ValueError(f"config.eval.aliases {unknown} name unknown metrics; valid: {sorted(results)}")
+        # Short names first: they lead the `final:` line.
+        return {alias: results[name] for alias, name in dict(self.cfg.aliases).items()} | results

@@ -4,7 +4,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mmjax.models.layers import AddPositionEmbedding, Dtype, Encoder
+from mmjax.models.layers import AddPositionEmbedding, Dtype, encode_and_pool
 
 
 class AudioTransformer(nn.Module):
@@ -51,8 +51,6 @@ class AudioTransformer(nn.Module):
                              f"({pt}, {pf}) patch; pad or crop the frames, or change the patch")
         if mask is not None and mask.shape != (b, t):
             raise ValueError(f"mask must be [B, T] = {(b, t)}, got shape {mask.shape}")
-        if self.pool not in ("mean", "tok"):
-            raise ValueError(f"unknown audio pool {self.pool!r}; valid: 'mean', 'tok'")
         grid = (t // pt, f // pf)
         x = spec.astype(self.dtype)
         if mask is not None:
@@ -68,23 +66,7 @@ class AudioTransformer(nn.Module):
         if mask is not None:
             valid = mask.reshape(b, grid[0], pt).any(axis=-1)  # [B, Tp]
             valid = jnp.repeat(valid, grid[1], axis=1)  # [B, N], time-major like x
-        if self.pool == "tok":
-            cls = self.param("cls", nn.initializers.zeros, (1, 1, self.width), self.param_dtype)
-            x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (b, 1, self.width)), x], axis=1)
-            if valid is not None:
-                valid = jnp.concatenate([jnp.ones((b, 1), bool), valid], axis=1)
-        # Only keys are masked: padding tokens still attend to the clip, so
-        # their outputs stay meaningful (e.g. for a masked-modelling decoder).
-        attn_mask = None if valid is None else nn.make_attention_mask(jnp.ones_like(valid), valid)
-        x = Encoder(self.depth, self.num_heads, self.mlp_dim, self.scan, self.remat, self.dtype,
-                    self.param_dtype, name="encoder")(x, attn_mask)
-
-        if self.pool == "tok":
-            return {"pooled": x[:, 0], "tokens": x[:, 1:]}
-        if valid is None:
-            return {"pooled": x.mean(axis=1), "tokens": x}
-        w = valid[..., None].astype(x.dtype)
-        return {"pooled": (x * w).sum(axis=1) / jnp.maximum(w.sum(axis=1), 1), "tokens": x}
+        return encode_and_pool(self, x, valid)
 
     def _add_posemb(self, x):  # x: [B, Tp, Fp, D]
         _, tp, fp, d = x.shape

@@ -140,3 +140,42 @@ class Encoder(nn.Module):
             for i in range(self.depth):
                 x, _ = block_cls(**kwargs, name=f"block_{i:02d}")(x, mask)
         return nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="ln_final")(x)
+
+
+POOLS = ("mean", "max", "tok")
+
+
+def encode_and_pool(tower: nn.Module, x, valid=None) -> dict:
+    """The shared tail of the ViT, audio and point towers: tokens -> Encoder -> pooled.
+
+    Called inside the tower's compact `__call__`, so its params live under the
+    tower ("cls", "encoder/..."). The tower provides the fields depth,
+    num_heads, mlp_dim, pool, scan, remat, dtype and param_dtype.
+
+    x: [B, N, D] tokens; valid: optional bool [B, N], False for padding tokens,
+    which are masked as attention keys only (their outputs stay meaningful for
+    a masked-modelling decoder) and left out of mean/max pooling.
+    pool="tok" prepends a learned class token and pools it; "tokens" are
+    always the N input tokens.
+    """
+    if tower.pool not in POOLS:
+        raise ValueError(f"unknown pool {tower.pool!r} for {type(tower).__name__}; valid: {list(POOLS)}")
+    b, _, d = x.shape
+    if tower.pool == "tok":
+        cls = tower.param("cls", nn.initializers.zeros, (1, 1, d), tower.param_dtype)
+        x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (b, 1, d)), x], axis=1)
+        if valid is not None:
+            valid = jnp.concatenate([jnp.ones((b, 1), bool), valid], axis=1)
+    attn_mask = None if valid is None else nn.make_attention_mask(jnp.ones_like(valid), valid)
+    x = Encoder(tower.depth, tower.num_heads, tower.mlp_dim, tower.scan, tower.remat, tower.dtype,
+                tower.param_dtype, name="encoder")(x, attn_mask)
+    if tower.pool == "tok":
+        return {"pooled": x[:, 0], "tokens": x[:, 1:]}
+    if valid is None:
+        pooled = x.mean(axis=1) if tower.pool == "mean" else x.max(axis=1)
+    elif tower.pool == "mean":
+        w = valid[..., None].astype(x.dtype)
+        pooled = (x * w).sum(axis=1) / jnp.maximum(w.sum(axis=1), 1)
+    else:
+        pooled = jnp.where(valid[..., None], x, jnp.finfo(x.dtype).min).max(axis=1)
+    return {"pooled": pooled, "tokens": x}

@@ -15,9 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmjax.models.layers import Dtype, Encoder
+from mmjax.models.layers import Dtype, encode_and_pool
 
-POOLS = ("mean", "max", "tok")
 
 
 def _check_cloud(points, name: str = "points") -> None:
@@ -171,8 +170,6 @@ class PointTransformer(nn.Module):
         """
         if mask is not None:
             raise ValueError("PointTransformer does not support a mask yet; pass mask=None")
-        if self.pool not in POOLS:
-            raise ValueError(f"unknown point pool {self.pool!r}; valid: {list(POOLS)}")
         _check_cloud(points)
         patches, centres = group_points(points, self.num_groups, self.group_size)
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
@@ -180,13 +177,4 @@ class PointTransformer(nn.Module):
         # Point-MAE's position MLP: xyz -> 128 -> D with a GELU.
         pos = nn.Dense(128, **kw, name="posemb_fc1")(centres.astype(self.dtype))
         x = x + nn.Dense(self.width, **kw, name="posemb_fc2")(nn.gelu(pos))
-        b = x.shape[0]
-        if self.pool == "tok":
-            cls = self.param("cls", nn.initializers.zeros, (1, 1, self.width), self.param_dtype)
-            x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (b, 1, self.width)), x], axis=1)
-        x = Encoder(self.depth, self.num_heads, self.mlp_dim, self.scan, self.remat, self.dtype,
-                    self.param_dtype, name="encoder")(x)
-        if self.pool == "tok":
-            return {"pooled": x[:, 0], "tokens": x[:, 1:]}
-        pooled = x.mean(axis=1) if self.pool == "mean" else x.max(axis=1)
-        return {"pooled": pooled, "tokens": x}
+        return encode_and_pool(self, x)

@@ -16,6 +16,7 @@ import dataclasses
 from typing import Any, Mapping
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -80,7 +81,10 @@ class ContrastiveModel(nn.Module):
         """One modality's input -> (normalised embedding [B, E] in float32, tokens)."""
         out = self.encoders[modality](x, mask)
         z = self.projections[modality](out["pooled"]).astype(jnp.float32)
-        z = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-6)
+        # rsqrt of a clamped squared norm, not z / |z|: the gradient of |z| at
+        # z = 0 (an absent modality's zero-filled input can embed to exactly 0)
+        # is NaN, and 0 * NaN survives the loss's presence mask.
+        z = z * jax.lax.rsqrt(jnp.maximum(jnp.sum(z * z, axis=-1, keepdims=True), 1e-12))
         return z, out["tokens"]
 
     def __call__(self, batch: Mapping[str, Any]):

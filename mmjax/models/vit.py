@@ -4,15 +4,15 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mmjax.models.layers import AddPositionEmbedding, Dtype, Encoder
+from mmjax.models.layers import AddPositionEmbedding, Dtype, encode_and_pool
 
 
 class ViT(nn.Module):
     """Image [B, H, W, C] -> {"pooled": [B, D], "tokens": [B, N, D]}.
 
-    pool="gap" averages the patch tokens; pool="tok" prepends a learned class
-    token and pools it (it is then dropped from "tokens", which are always the
-    H/p * W/p patch tokens).
+    pool="mean" (global average) or "max" pools the patch tokens; pool="tok"
+    prepends a learned class token and pools it (it is then dropped from
+    "tokens", which are always the H/p * W/p patch tokens).
     """
 
     patch_size: int = 16
@@ -21,7 +21,7 @@ class ViT(nn.Module):
     num_heads: int = 12
     mlp_dim: int = 3072
     posemb: str = "learn"  # "learn" | "sincos"
-    pool: str = "gap"  # "gap" | "tok"
+    pool: str = "mean"  # "mean" | "max" | "tok"
     scan: bool = False
     remat: str = "none"
     dtype: Dtype = jnp.float32
@@ -39,13 +39,4 @@ class ViT(nn.Module):
         grid = (h // p, w // p)
         x = x.reshape(b, grid[0] * grid[1], self.width)
         x = AddPositionEmbedding(self.posemb, grid, self.param_dtype, name="posemb")(x)
-        if self.pool == "tok":
-            cls = self.param("cls", nn.initializers.zeros, (1, 1, self.width), self.param_dtype)
-            x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (b, 1, self.width)), x], axis=1)
-        elif self.pool != "gap":
-            raise ValueError(f"unknown ViT pool {self.pool!r}; valid: 'gap', 'tok'")
-        x = Encoder(self.depth, self.num_heads, self.mlp_dim, self.scan, self.remat, self.dtype,
-                    self.param_dtype, name="encoder")(x)
-        if self.pool == "tok":
-            return {"pooled": x[:, 0], "tokens": x[:, 1:]}
-        return {"pooled": x.mean(axis=1), "tokens": x}
+        return encode_and_pool(self, x)
