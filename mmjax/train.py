@@ -29,7 +29,7 @@ from mmjax.data import pipeline
 from mmjax.data.tokenizer import get_tokenizer
 from mmjax.evals.suite import EvalSuite
 from mmjax.models.towers import build_model
-from mmjax.objectives.contrastive import get_objective
+from mmjax.objectives import get_objective
 from mmjax.optim import make_optimizer
 
 

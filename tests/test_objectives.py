@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
+from mmjax import objectives
 from mmjax.objectives import contrastive
 
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -191,7 +192,7 @@ def _outputs():
 def test_objective_wraps_loss_with_prefixed_metrics(name):
     outputs = _outputs()
     cfg = ml_collections.ConfigDict({"name": name, "modalities": ("audio", "text")})
-    objective = contrastive.get_objective(name)
+    objective = objectives.get_objective(name)
     loss, metrics = jax.jit(lambda o: objective(o, {}, cfg))(outputs)
     emb = outputs["embeddings"]
     args = (emb["audio"], emb["text"], outputs["logit_scale"])
@@ -211,7 +212,7 @@ def test_objective_defaults_to_image_text():
 
 def test_objective_config_errors():
     with pytest.raises(ValueError, match=r"\['bind', 'sigmoid', 'softmax'\]"):
-        contrastive.get_objective("infonce")
+        objectives.get_objective("infonce")
     cfg = ml_collections.ConfigDict({"name": "softmax", "modalities": ("image", "points")})
     with pytest.raises(ValueError, match="points"):
         contrastive.softmax_objective(_outputs(), {}, cfg)

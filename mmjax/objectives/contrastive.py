@@ -228,11 +228,3 @@ OBJECTIVES: dict[str, Objective] = {
     "bind": binding_objective,
 }
 
-
-def get_objective(name: str) -> Objective:
-    """Returns the objective registered as `name` (`config.objective.name`)."""
-    try:
-        return OBJECTIVES[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown objective {name!r}; valid names: {sorted(OBJECTIVES)}") from None
