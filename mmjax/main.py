@@ -35,6 +35,8 @@ def main(argv):
         sys.exit(f"error: {e}")
     if _COORDINATOR.value or os.environ.get("JAX_COORDINATOR_ADDRESS"):
         import jax
+        # Cross-process collectives on the CPU backend (tests, laptops); GPU/TPU ignore it.
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     from mmjax import train  # after distributed init: touching devices first would pin one process
     train.train_and_evaluate(config, _WORKDIR.value)

@@ -211,7 +211,8 @@ def test_objective_defaults_to_image_text():
 
 
 def test_objective_config_errors():
-    with pytest.raises(ValueError, match=r"\['bind', 'sigmoid', 'softmax'\]"):
+    with pytest.raises(ValueError, match=r"\['bind', 'cwcl', 'dcl', 'filip', 'hard_negative', 'sigmoid', 'simclr', "
+                                         r"'softmax', 'sum', 'symile'\]"):
         objectives.get_objective("infonce")
     cfg = ml_collections.ConfigDict({"name": "softmax", "modalities": ("image", "points")})
     with pytest.raises(ValueError, match="points"):

@@ -3,9 +3,10 @@
 `get_objective(config.objective.name)` is what the trainer calls; every
 family module contributes its entries to one flat registry here.
 """
-from mmjax.objectives import contrastive
+from mmjax.objectives import contrastive, contrastive_variants
 
-OBJECTIVES = {**contrastive.OBJECTIVES}
+# contrastive_variants' "sum" looks this registry up when called, not at import.
+OBJECTIVES = {**contrastive.OBJECTIVES, **contrastive_variants.OBJECTIVES}
 
 
 def get_objective(name: str):
