@@ -62,12 +62,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
     # (regex on the param path, PartitionSpec); first match wins, rest replicated
     # or, with mesh.fsdp > 1, sharded over 'fsdp' above fsdp_min_size elements.
-    c.sharding = ml_collections.ConfigDict({"rules": (), "fsdp_min_size": 2**18})
+    # tensor_parallel: add parallel.TENSOR_PARALLEL_RULES (heads and MLP units over 'tensor').
+    c.sharding = ml_collections.ConfigDict({"rules": (), "fsdp_min_size": 2**18, "tensor_parallel": False})
 
     c.checkpoint = ml_collections.ConfigDict({"every_steps": 200, "keep": 3, "async_save": True})
     c.eval = ml_collections.ConfigDict({
         "every_steps": 200, "batch_size": 512, "retrieval_ks": (1, 5, 10),
         "zeroshot_modalities": ("image",),
+        "probe_modalities": (),  # kNN + linear probe on frozen features (train split -> test)
+        "at_start": False,  # also evaluate the untrained model (logged at step 0)
         "retrieval_pairs": ("image:text", "text:image"),  # query:key
         # The short names of the final line.
         "aliases": {"zeroshot_top1": "zeroshot_top1_image", "i2t_r1": "r1_image_text", "t2i_r1": "r1_text_image",

@@ -80,8 +80,10 @@ class Throughput:
     def report(self, step: int) -> dict:
         dt, ds = self._accumulate(step)
         sps = ds / dt if dt > 0 else 0.0
-        return {"steps_per_sec": sps, "examples_per_sec": sps * self.batch_size,
-                "eta_min": (self.total_steps - step) / sps / 60 if sps else float("nan")}
+        out = {"steps_per_sec": sps, "examples_per_sec": sps * self.batch_size}
+        if sps:  # nothing to extrapolate from right after a (re)start
+            out["eta_min"] = (self.total_steps - step) / sps / 60
+        return out
 
     def pause(self, step: int) -> None:
         """Call before work that is not training (eval, checkpoint waits); resume with start()."""

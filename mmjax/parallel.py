@@ -64,11 +64,27 @@ def _fsdp_spec(shape: tuple[int, ...], fsdp_size: int) -> P:
     return P()
 
 
+# Megatron-style tensor parallelism for the shared transformer block: attention
+# heads and MLP hidden units split over 'tensor', so each block needs one
+# all-reduce after attention and one after the MLP. Specs name the trailing
+# dims (see tree_shardings), so they also fit scanned params with a layer axis.
+TENSOR_PARALLEL_RULES = (
+    (r"attn/(query|key|value)/kernel$", ("tensor", None)),  # [D, heads, head_dim]
+    (r"attn/(query|key|value)/bias$", ("tensor", None)),  # [heads, head_dim]
+    (r"attn/out/kernel$", ("tensor", None, None)),  # [heads, head_dim, D]
+    (r"mlp/fc1/kernel$", (None, "tensor")),  # [D, mlp]
+    (r"mlp/fc1/bias$", ("tensor",)),
+    (r"mlp/fc2/kernel$", ("tensor", None)),  # [mlp, D]
+)
+
+
 def tree_shardings(tree, mesh: Mesh, rules: Sequence[tuple[str, Sequence[Any]]] = (), fsdp_min_size: int = 2**18):
     """NamedSharding for every leaf of `tree` (arrays or ShapeDtypeStructs).
 
     `rules` are (regex, partition spec) pairs matched with re.search against
-    the leaf path; the first match wins. Optimizer states embed the param path
+    the leaf path; the first match wins. A spec shorter than the array's rank
+    names its trailing dimensions (leading ones, e.g. the layer axis of
+    `nn.scan` params, stay unsharded). Optimizer states embed the param path
     (e.g. 'opt_state/0/mu/image_encoder/...'), so one rule covers a param and
     its moments. Unmatched leaves with at least `fsdp_min_size` elements are
     sharded over 'fsdp' when that axis is > 1; all else is replicated.
@@ -80,6 +96,8 @@ def tree_shardings(tree, mesh: Mesh, rules: Sequence[tuple[str, Sequence[Any]]] 
     for path, leaf in zip(tree_paths(tree), leaves):
         shape = tuple(np.shape(leaf))
         spec = next((s for rx, s in compiled if rx.search(path)), None)
+        if spec is not None and len(spec) < len(shape):
+            spec = P(*([None] * (len(shape) - len(spec))), *spec)
         if spec is None:
             big = fsdp_size > 1 and int(np.prod(shape, dtype=np.int64)) >= fsdp_min_size
             spec = _fsdp_spec(shape, fsdp_size) if big else P()

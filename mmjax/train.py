@@ -28,7 +28,7 @@ from mmjax import parallel
 from mmjax.data import pipeline
 from mmjax.data.tokenizer import get_tokenizer
 from mmjax.evals.suite import EvalSuite
-from mmjax.models.towers import build_model
+from mmjax.models import build_model
 from mmjax.objectives import get_objective
 from mmjax.optim import make_optimizer
 
@@ -72,15 +72,17 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
                                      _model_inputs(eval_batches[0]))
 
     def init_state():
-        params = model.init(init_rng, example)["params"]
+        params = model.init({"params": init_rng, "masking": init_rng}, example)["params"]
         return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
 
     abstract_state = jax.eval_shape(init_state)
-    state_shardings = parallel.tree_shardings(abstract_state, mesh, config.sharding.rules,
-                                              config.sharding.fsdp_min_size)
+    rules = tuple(config.sharding.rules)
+    if config.sharding.tensor_parallel:
+        rules += parallel.TENSOR_PARALLEL_RULES
+    state_shardings = parallel.tree_shardings(abstract_state, mesh, rules, config.sharding.fsdp_min_size)
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(abstract_state["params"]))
-    say(f"model: {num_params / 1e6:.2f}M params; towers {list(config.model.towers)}; "
-        f"objective {config.objective.name}")
+    say(f"model: {config.model.get('kind', 'contrastive')}, {num_params / 1e6:.2f}M params, "
+        f"modalities {list(config.data.modalities)}; objective {config.objective.name}")
 
     # ---------------------------------------------------------------- 7. resume
     ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=config.checkpoint.every_steps,
@@ -100,8 +102,10 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
         step_rng = jax.random.fold_in(train_rng, state["step"])
 
         def loss_fn(params):
-            outputs = model.apply({"params": params}, batch, rngs={"dropout": step_rng})
-            return objective(outputs, batch, config.objective)
+            rngs = {"dropout": jax.random.fold_in(step_rng, 0), "masking": jax.random.fold_in(step_rng, 1)}
+            outputs = model.apply({"params": params}, batch, rngs=rngs)
+            # Objectives that sample (Symile's shuffled negatives) read batch["rng"].
+            return objective(outputs, {**batch, "rng": jax.random.fold_in(step_rng, 2)}, config.objective)
 
         (loss, step_metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
@@ -115,11 +119,24 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
                          out_shardings=(state_shardings, NamedSharding(mesh, P())), donate_argnums=0)
 
     # ---------------------------------------------------------------- 9. evals
-    evaluate = EvalSuite(config.eval, model, tokenizer, mesh, eval_batches)
+    probe_batches = []
+    if config.eval.probe_modalities:  # frozen-feature probes train on the train split (unaugmented)
+        probe_batches = pipeline.make_eval_batches(config.data, split=config.data.train_split,
+                                                   batch_size=config.eval.batch_size, tokenizer=tokenizer)
+    evaluate = EvalSuite(config.eval, model, tokenizer, mesh, eval_batches, probe_batches)
 
     # ---------------------------------------------------------------- 10. loop
     logger = metrics_lib.MetricLogger(workdir, enabled=is_main, tensorboard=config.tensorboard)
     meter = metrics_lib.Throughput(config.batch_size, config.total_steps)
+
+    def run_eval(step: int) -> dict:
+        results = evaluate(state["params"])
+        logger.write(step, {f"eval/{k}": v for k, v in results.items()})
+        say(metrics_lib.format_line(f"eval {step}", results), flush=True)
+        return results
+
+    if config.eval.at_start and start_step == 0:  # the untrained model's numbers, as a baseline
+        run_eval(0)
     step = start_step
     flag_counts: dict[str, int] = {}  # e.g. truncated captions, dropped bad inputs, since this start
     meter.start(step)
@@ -133,7 +150,8 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
             raise
         for flag, values in batch["flags"].items():  # data problems counted on the host
             flag_counts[flag] = flag_counts.get(flag, 0) + int(np.sum(values))
-        state, step_metrics = train_step(state, parallel.host_to_global(_model_inputs(batch), mesh))
+        with jax.set_mesh(mesh):  # objectives with explicit collectives (shard_map) read it at trace time
+            state, step_metrics = train_step(state, parallel.host_to_global(_model_inputs(batch), mesh))
         step += 1
         if step == start_step + 1:  # keep compilation out of the throughput figures
             jax.block_until_ready(state)
@@ -147,9 +165,7 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
 
         if config.eval.every_steps and step % config.eval.every_steps == 0 and step < config.total_steps:
             meter.pause(step)
-            eval_results = evaluate(state["params"])
-            logger.write(step, {f"eval/{k}": v for k, v in eval_results.items()})
-            say(metrics_lib.format_line(f"eval {step}", eval_results), flush=True)
+            run_eval(step)
             meter.start(step)
 
         if step == config.debug.sigkill_after_step:
@@ -158,9 +174,7 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
     meter.pause(step)
     ckpt.wait()
 
-    eval_results = evaluate(state["params"])
-    logger.write(step, {f"eval/{k}": v for k, v in eval_results.items()})
-    final = {**eval_results, "steps": step, "examples_per_sec": meter.mean_examples_per_sec}
+    final = {**run_eval(step), "steps": step, "examples_per_sec": meter.mean_examples_per_sec}
     logger.close()
     ckpt.close()
     say(metrics_lib.format_line("final:", final), flush=True)

@@ -13,7 +13,7 @@ from mmjax.data import audio, avdigits, pipeline
 from mmjax.data.modalities import ExampleTransform
 from mmjax.data.tokenizer import get_tokenizer
 from mmjax.data.transforms import BadRecordError
-from mmjax.models.towers import build_model
+from mmjax.models import build_model
 from mmjax.objectives.contrastive import binding_objective
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -43,6 +43,22 @@ def test_tree_shardings_rules_fsdp_and_divisibility():
     assert placed["params"]["enc"]["big"].addressable_shards[0].data.shape == (6, 512)
 
 
+def test_tensor_parallel_rules_split_heads_and_mlp_in_scanned_and_unscanned_params():
+    mesh = parallel.make_mesh({"data": 4, "tensor": 2})
+    tree = {"blocks": {"attn": {"query": {"kernel": jnp.zeros((3, 8, 4, 2))},  # scanned: [L, D, H, hd]
+                                "out": {"kernel": jnp.zeros((3, 4, 2, 8))}},
+                       "mlp": {"fc1": {"kernel": jnp.zeros((3, 8, 16)), "bias": jnp.zeros((3, 16))}}},
+            "block_00": {"mlp": {"fc2": {"kernel": jnp.zeros((16, 8))}}},
+            "ln_final": {"scale": jnp.zeros((8,))}}
+    sh = parallel.tree_shardings(tree, mesh, parallel.TENSOR_PARALLEL_RULES)
+    assert sh["blocks"]["attn"]["query"]["kernel"].spec == P(None, None, "tensor", None)
+    assert sh["blocks"]["attn"]["out"]["kernel"].spec == P(None, "tensor", None, None)
+    assert sh["blocks"]["mlp"]["fc1"]["kernel"].spec == P(None, None, "tensor")
+    assert sh["blocks"]["mlp"]["fc1"]["bias"].spec == P(None, "tensor")
+    assert sh["block_00"]["mlp"]["fc2"]["kernel"].spec == P("tensor", None)
+    assert sh["ln_final"]["scale"].spec == P()
+
+
 def test_host_to_global_shards_batch_rows():
     mesh = parallel.make_mesh({"data": -1})
     x = np.arange(16 * 3, dtype=np.float32).reshape(16, 3)

@@ -33,17 +33,38 @@ def _losses(workdir) -> dict[int, float]:
     return {r["step"]: r["train/loss"] for r in metrics.read_metrics(str(workdir)) if "train/loss" in r}
 
 
-def test_one_device_equals_eight_devices(tmp_path):
-    """Same global batch, same math: sharding over 8 devices changes reduction order only."""
+@pytest.fixture(scope="module")
+def one_device_run(tmp_path_factory):
     import jax
-    config = _tiny_config(total_steps=5, **{"checkpoint.every_steps": 100})
-    one = train.train_and_evaluate(config, str(tmp_path / "one"), devices=jax.devices()[:1])
-    eight = train.train_and_evaluate(config, str(tmp_path / "eight"), devices=jax.devices()[:8])
-    l1, l8 = _losses(tmp_path / "one"), _losses(tmp_path / "eight")
+    workdir = tmp_path_factory.mktemp("one")
+    final = train.train_and_evaluate(_tiny_config(total_steps=5, **{"checkpoint.every_steps": 100}), str(workdir),
+                                     devices=jax.devices()[:1])
+    return _losses(workdir), final
+
+
+# Each strategy is the same math on a different layout: only reduction order may differ.
+STRATEGIES = {
+    "data": {"mesh.data": 8},
+    "fsdp": {"mesh.data": 2, "mesh.fsdp": 4, "sharding.fsdp_min_size": 0},
+    "tensor": {"mesh.data": 4, "mesh.tensor": 2, "sharding.tensor_parallel": True},
+    "fsdp_tensor": {"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2, "sharding.fsdp_min_size": 0,
+                    "sharding.tensor_parallel": True},
+    # the loss with explicit collectives (shard_map, all_gather) inside the trainer's step
+    "data_gathered_loss": {"mesh.data": 8, "objective.name": "softmax_gathered"},
+}
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_sharding_strategies_match_one_device(tmp_path, one_device_run, strategy):
+    import jax
+    l1, final1 = one_device_run
+    overrides = {"total_steps": 5, "checkpoint.every_steps": 100, **STRATEGIES[strategy]}
+    final8 = train.train_and_evaluate(_tiny_config(**overrides), str(tmp_path), devices=jax.devices()[:8])
+    l8 = _losses(tmp_path)
     assert sorted(l1) == sorted(l8) == [1, 2, 3, 4, 5]
     np.testing.assert_allclose([l8[s] for s in range(1, 6)], [l1[s] for s in range(1, 6)], rtol=0, atol=1e-5)
     assert l1[5] < l1[1]  # it trains
-    assert one["zeroshot_top1"] == pytest.approx(eight["zeroshot_top1"], abs=1e-3)
+    assert final8["zeroshot_top1"] == pytest.approx(final1["zeroshot_top1"], abs=1e-3)
 
 
 def _run_cli(workdir, *flags, env_extra=None):

@@ -5,7 +5,9 @@ prompts (`zeroshot_top1_<m>`, `zeroshot_top5_<m>`). Per configured directed
 pair "a:b": retrieval of b from a, instance-level (`r<k>_<a>_<b>`: the paired
 example is the one right answer) and class-level (`class_r<k>_<a>_<b>`: any
 example of the query's class counts). `config.eval.aliases` adds short names
-(e.g. "i2t_r1" for "r1_image_text").
+(e.g. "i2t_r1" for "r1_image_text"). Per probe modality m: frozen features of
+the train split (`probe_batches`) and the test split feed a kNN classifier
+(`knn_top1_<m>`) and a ridge linear probe (`linear_top1_<m>`).
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mmjax import parallel
 from mmjax.data import digits
-from mmjax.evals import retrieval, zeroshot
+from mmjax.evals import probe, retrieval, zeroshot
 
 
 def parse_pairs(pairs) -> list[tuple[str, str]]:
@@ -29,12 +31,17 @@ def parse_pairs(pairs) -> list[tuple[str, str]]:
 
 
 class EvalSuite:
-    def __init__(self, eval_cfg, model, tokenizer, mesh, eval_batches: list[dict]):
+    def __init__(self, eval_cfg, model, tokenizer, mesh, eval_batches: list[dict], probe_batches: list[dict] = ()):
         self.cfg, self.model, self.mesh, self.batches = eval_cfg, model, mesh, eval_batches
+        self.probe_batches = probe_batches
         self.pairs = parse_pairs(eval_cfg.retrieval_pairs)
         self.zeroshot = tuple(eval_cfg.zeroshot_modalities)
-        towers = set(model.towers)
-        needed = set(self.zeroshot) | {m for p in self.pairs for m in p} | ({"text"} if self.zeroshot else set())
+        self.probes = tuple(eval_cfg.probe_modalities)
+        if self.probes and not probe_batches:
+            raise ValueError("config.eval.probe_modalities needs the train split's batches (probe_batches)")
+        towers = set(model.towers) if hasattr(model, "towers") else {model.modality}
+        needed = (set(self.zeroshot) | {m for p in self.pairs for m in p} | ({"text"} if self.zeroshot else set())
+                  | set(self.probes))
         if needed - towers:
             raise ValueError(f"config.eval names modalities {sorted(needed - towers)} the model has no tower for; "
                              f"towers: {sorted(towers)}")
@@ -82,6 +89,13 @@ class EvalSuite:
                 results[f"{k}_{a}_{b}"] = v
             for k, v in retrieval.class_recall(z[a], z[b], labels, labels, ks=ks).items():
                 results[f"class_{k}_{a}_{b}"] = v
+        if self.probes:
+            train_mask = np.concatenate([b["mask"] for b in self.probe_batches])
+            train_labels = np.concatenate([b["label"] for b in self.probe_batches])[train_mask]
+            for m in self.probes:
+                train_x = self.embed_all(params, self.probe_batches, m)[train_mask]
+                results[f"knn_top1_{m}"] = probe.knn_accuracy(train_x, train_labels, z[m], labels)
+                results[f"linear_top1_{m}"] = probe.ridge_probe_accuracy(train_x, train_labels, z[m], labels)[0]
         unknown = {a: n for a, n in dict(self.cfg.aliases).items() if n not in results}
         if unknown:
             raise ValueError(f"config.eval.aliases {unknown} name unknown metrics; valid: {sorted(results)}")

@@ -41,7 +41,8 @@ class AudioTransformer(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, spec, mask=None):  # spec: [B, T, F]; mask: [B, T] bool or None
+    def __call__(self, spec, mask=None, keep_idx=None):  # spec: [B, T, F]; mask: [B, T] bool or None
+        """keep_idx: optional [B, K] patch indices (time-major) to encode (masked modelling)."""
         if spec.ndim != 3:
             raise ValueError(f"spectrogram must be [B, T, F], got shape {spec.shape}")
         b, t, f = spec.shape
@@ -66,7 +67,7 @@ class AudioTransformer(nn.Module):
         if mask is not None:
             valid = mask.reshape(b, grid[0], pt).any(axis=-1)  # [B, Tp]
             valid = jnp.repeat(valid, grid[1], axis=1)  # [B, N], time-major like x
-        return encode_and_pool(self, x, valid)
+        return encode_and_pool(self, x, valid, keep_idx=keep_idx)
 
     def _add_posemb(self, x):  # x: [B, Tp, Fp, D]
         _, tp, fp, d = x.shape

@@ -145,7 +145,7 @@ class Encoder(nn.Module):
 POOLS = ("mean", "max", "tok")
 
 
-def encode_and_pool(tower: nn.Module, x, valid=None) -> dict:
+def encode_and_pool(tower: nn.Module, x, valid=None, keep_idx=None) -> dict:
     """The shared tail of the ViT, audio and point towers: tokens -> Encoder -> pooled.
 
     Called inside the tower's compact `__call__`, so its params live under the
@@ -157,9 +157,15 @@ def encode_and_pool(tower: nn.Module, x, valid=None) -> dict:
     a masked-modelling decoder) and left out of mean/max pooling.
     pool="tok" prepends a learned class token and pools it; "tokens" are
     always the N input tokens.
+    keep_idx: optional int [B, K]: encode only those tokens (MAE-style
+    masked modelling; position embeddings are already added), so "tokens"
+    is [B, K, D].
     """
     if tower.pool not in POOLS:
         raise ValueError(f"unknown pool {tower.pool!r} for {type(tower).__name__}; valid: {list(POOLS)}")
+    if keep_idx is not None:
+        x = jnp.take_along_axis(x, keep_idx[..., None], axis=1)
+        valid = None if valid is None else jnp.take_along_axis(valid, keep_idx, axis=1)
     b, _, d = x.shape
     if tower.pool == "tok":
         cls = tower.param("cls", nn.initializers.zeros, (1, 1, d), tower.param_dtype)

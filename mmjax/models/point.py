@@ -162,7 +162,7 @@ class PointTransformer(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, points, mask=None):
+    def __call__(self, points, mask=None, keep_idx=None):
         """points [B, N, 3]; `mask` is the towers' input-validity mask.
 
         Clouds have a fixed N and no padding, so a mask is not supported yet;
@@ -177,4 +177,4 @@ class PointTransformer(nn.Module):
         # Point-MAE's position MLP: xyz -> 128 -> D with a GELU.
         pos = nn.Dense(128, **kw, name="posemb_fc1")(centres.astype(self.dtype))
         x = x + nn.Dense(self.width, **kw, name="posemb_fc2")(nn.gelu(pos))
-        return encode_and_pool(self, x)
+        return encode_and_pool(self, x, keep_idx=keep_idx)

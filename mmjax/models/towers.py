@@ -96,7 +96,7 @@ class ContrastiveModel(nn.Module):
         return {"embeddings": embeddings, "tokens": tokens, "logit_scale": scale, "logit_bias": self.logit_bias}
 
 
-def build_model(model_cfg, tokenizer=None) -> ContrastiveModel:
+def build_contrastive_model(model_cfg, tokenizer=None) -> ContrastiveModel:
     """The model from `config.model`; text towers take vocab size and eot id from `tokenizer`."""
     towers = {m: dict(cfg) for m, cfg in model_cfg.towers.items()}
     for m, cfg in towers.items():

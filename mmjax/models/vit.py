@@ -28,7 +28,8 @@ class ViT(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, image, mask=None):  # mask: unused, every patch is valid
+    def __call__(self, image, mask=None, keep_idx=None):  # mask: unused, every patch is valid
+        """keep_idx: optional [B, K] patch indices to encode (masked modelling)."""
         del mask
         b, h, w, _ = image.shape
         p = self.patch_size
@@ -39,4 +40,4 @@ class ViT(nn.Module):
         grid = (h // p, w // p)
         x = x.reshape(b, grid[0] * grid[1], self.width)
         x = AddPositionEmbedding(self.posemb, grid, self.param_dtype, name="posemb")(x)
-        return encode_and_pool(self, x)
+        return encode_and_pool(self, x, keep_idx=keep_idx)

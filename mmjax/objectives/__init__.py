@@ -3,10 +3,11 @@
 `get_objective(config.objective.name)` is what the trainer calls; every
 family module contributes its entries to one flat registry here.
 """
-from mmjax.objectives import contrastive, contrastive_variants
+from mmjax.objectives import contrastive, contrastive_variants, distributed, masked
 
 # contrastive_variants' "sum" looks this registry up when called, not at import.
-OBJECTIVES = {**contrastive.OBJECTIVES, **contrastive_variants.OBJECTIVES}
+OBJECTIVES = {**contrastive.OBJECTIVES, **contrastive_variants.OBJECTIVES, **distributed.OBJECTIVES,
+              **masked.OBJECTIVES}
 
 
 def get_objective(name: str):

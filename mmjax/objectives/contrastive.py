@@ -15,6 +15,7 @@ would be a separate `shard_map` function with its own equivalence test.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Mapping
 
 import jax
@@ -147,8 +148,16 @@ def sigmoid_contrastive_loss(
     return loss, metrics
 
 
-def _pair_loss(kind: str, outputs: Mapping[str, Any], batch: Mapping[str, Any], a: str, b: str):
-    """Loss `kind` between modalities a and b, with the batch's presence flags."""
+@dataclasses.dataclass(frozen=True)
+class PairLoss:
+    """A loss on two embedding matrices: fn(za, zb, scale[, bias], valid_a=, valid_b=)."""
+
+    fn: Callable[..., tuple[jax.Array, Metrics]]
+    uses_bias: bool
+
+
+def pair_loss(loss: PairLoss, outputs: Mapping[str, Any], batch: Mapping[str, Any], a: str, b: str):
+    """`loss` between modalities a and b of the model outputs, with the batch's presence flags."""
     embeddings = outputs["embeddings"]
     missing = [m for m in (a, b) if m not in embeddings]
     if missing:
@@ -156,9 +165,9 @@ def _pair_loss(kind: str, outputs: Mapping[str, Any], batch: Mapping[str, Any], 
                          f"embeddings {sorted(embeddings)}")
     present = batch.get("present", {}) if isinstance(batch, Mapping) else {}
     args = (embeddings[a], embeddings[b], outputs["logit_scale"])
-    if kind == "sigmoid":
+    if loss.uses_bias:
         args += (outputs["logit_bias"],)
-    return PAIR_LOSSES[kind](*args, valid_a=present.get(a), valid_b=present.get(b))
+    return loss.fn(*args, valid_a=present.get(a), valid_b=present.get(b))
 
 
 def _prefixed(prefix: str, metrics: Metrics) -> Metrics:
@@ -166,15 +175,16 @@ def _prefixed(prefix: str, metrics: Metrics) -> Metrics:
     return {f"{prefix}/{key}": value for key, value in metrics.items()}
 
 
-def _two_modality_objective(kind: str) -> Objective:
+def two_modality_objective(loss: PairLoss, name: str) -> Objective:
+    """The objective applying `loss` to the two `cfg.modalities` (default image, text)."""
     def objective(outputs, batch, cfg):
         names = tuple(cfg.get("modalities", DEFAULT_MODALITIES))
         if len(names) != 2:
             raise ValueError(f"config.objective.modalities must name exactly two modalities, got {names}")
-        loss, metrics = _pair_loss(kind, outputs, batch, *names)
-        return loss, _prefixed("_".join(names), metrics)
-    objective.__name__ = f"{kind}_objective"
-    objective.__doc__ = f"{kind} contrastive loss between the two `cfg.modalities`; metrics prefixed e.g. 'image_text/'."
+        loss_value, metrics = pair_loss(loss, outputs, batch, *names)
+        return loss_value, _prefixed("_".join(names), metrics)
+    objective.__name__ = f"{name}_objective"
+    objective.__doc__ = f"{name} contrastive loss between the two `cfg.modalities`; metrics prefixed e.g. 'image_text/'."
     return objective
 
 
@@ -212,15 +222,16 @@ def binding_objective(outputs, batch, cfg) -> tuple[jax.Array, Metrics]:
     for a, b in pairs:
         if a not in outputs["embeddings"] or b not in outputs["embeddings"]:
             continue
-        loss, pair_metrics = _pair_loss(cfg.pair_loss, outputs, batch, a, b)
+        loss, pair_metrics = pair_loss(PAIR_LOSSES[cfg.pair_loss], outputs, batch, a, b)
         total = total + weights.get(f"{a}_{b}", 1.0) * loss
         metrics |= _prefixed(f"{a}_{b}", {"loss": loss, **pair_metrics})
     return total, metrics
 
 
-PAIR_LOSSES = {"softmax": softmax_contrastive_loss, "sigmoid": sigmoid_contrastive_loss}
-softmax_objective = _two_modality_objective("softmax")
-sigmoid_objective = _two_modality_objective("sigmoid")
+PAIR_LOSSES = {"softmax": PairLoss(softmax_contrastive_loss, uses_bias=False),
+               "sigmoid": PairLoss(sigmoid_contrastive_loss, uses_bias=True)}
+softmax_objective = two_modality_objective(PAIR_LOSSES["softmax"], "softmax")
+sigmoid_objective = two_modality_objective(PAIR_LOSSES["sigmoid"], "sigmoid")
 
 OBJECTIVES: dict[str, Objective] = {
     "softmax": softmax_objective,

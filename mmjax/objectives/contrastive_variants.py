@@ -22,8 +22,7 @@ SYMILE_NEGATIVES = ("n", "n_squared")
 VIEW2_SUFFIX = "_view2"  # SimCLR's second view of modality m is outputs["embeddings"][m + "_view2"]
 
 
-def _lse(logits: jax.Array, mask: jax.Array) -> jax.Array:
-    """Row-wise logsumexp over the entries where mask is True (about -1e9 for an empty row)."""
+def _lse(logits: jax.Array, mask: jax.Array) -> jax.Array:  # row-wise, over mask; about -1e9 for an empty row
     return jax.nn.logsumexp(jnp.where(mask, logits, _MASKED), axis=1)
 
 
@@ -86,9 +85,10 @@ def hard_negative_loss(za, zb, scale, beta=1.0, tau_plus=0.1, valid_a=None, vali
     least N exponentials of cosines can sum to. Negatives are cross-modal
     (N = present candidates - 1). beta = tau_plus = 0 is CLIP.
     """
+    if isinstance(tau_plus, (int, float)) and not 0 <= tau_plus < 1:
+        raise ValueError(f"hard_negative tau_plus={tau_plus}: the positive-class prior must lie in [0, 1)")
     va, vb, _ = _validity(za.shape[0], valid_a, valid_b)
-    logits = _scaled_similarity(za, zb, scale)
-    floor = -_as_f32_scalar(scale)
+    logits, floor = _scaled_similarity(za, zb, scale), -_as_f32_scalar(scale)
 
     def rows(l, candidates, queries):
         neg, queries = _negatives(l, candidates, queries)
@@ -246,9 +246,8 @@ def symile_loss(embeddings, scale, negatives="n", rng=None, valid=None, missing=
 def _options(cfg, defaults: Mapping[str, Any], objective: str) -> dict[str, Any]:
     """cfg's fields over `defaults`; an unknown (e.g. misspelled) field fails listing the valid ones."""
     given = {k: v for k, v in cfg.items() if k != "name"}
-    if set(given) - set(defaults):
-        raise ValueError(f"config.objective ({objective}): unknown field(s) {sorted(set(given) - set(defaults))}; "
-                         f"valid: {sorted(defaults)}")
+    if unknown := sorted(set(given) - set(defaults)):
+        raise ValueError(f"config.objective ({objective}): unknown field(s) {unknown}; valid: {sorted(defaults)}")
     return {**defaults, **given}
 
 

@@ -30,7 +30,7 @@ from context: the trainer must trace its step under `with jax.set_mesh(mesh):`
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Mapping
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -40,7 +40,7 @@ from mmjax import parallel
 # The global versions' private helpers are reused on purpose: the distributed
 # losses must mask, cast and normalise exactly as they do.
 from mmjax.objectives.contrastive import (
-    _MASKED, DEFAULT_MODALITIES, Metrics, Objective, _as_f32_scalar, _prefixed, _validity)
+    _MASKED, Metrics, Objective, PairLoss, _as_f32_scalar, _validity, two_modality_objective)
 
 AxisNames = tuple[str, ...]
 
@@ -292,29 +292,15 @@ def _context_mesh() -> AbstractMesh:
     return mesh
 
 
-def _mesh_objective(loss_fn: Callable, with_bias: bool) -> Objective:
-    def objective(outputs: Mapping[str, Any], batch: Mapping[str, Any], cfg) -> tuple[jax.Array, Metrics]:
-        names = tuple(cfg.get("modalities", DEFAULT_MODALITIES))
-        if len(names) != 2:
-            raise ValueError(f"config.objective.modalities must name exactly two modalities, got {names}")
-        embeddings = outputs["embeddings"]
-        missing = [m for m in names if m not in embeddings]
-        if missing:
-            raise ValueError(f"objective pair {names}: {missing} not among the model's "
-                             f"embeddings {sorted(embeddings)}")
-        present = batch.get("present", {}) if isinstance(batch, Mapping) else {}
-        a, b = names
-        scalars = (outputs["logit_scale"],) + ((outputs["logit_bias"],) if with_bias else ())
-        loss, metrics = loss_fn(embeddings[a], embeddings[b], *scalars, mesh=_context_mesh(),
-                                valid_a=present.get(a), valid_b=present.get(b))
-        return loss, _prefixed("_".join(names), metrics)
-    return objective
+def _in_context_mesh(loss_fn: Callable) -> Callable:
+    """loss_fn with `mesh` taken from the context at trace time (the objective signature has none)."""
+    return lambda *args, **kwargs: loss_fn(*args, mesh=_context_mesh(), **kwargs)
 
 
-sigmoid_chunked_objective = _mesh_objective(sigmoid_loss_ring, with_bias=True)
-sigmoid_chunked_objective.__doc__ = "SigLIP ring loss between the two `cfg.modalities`; needs `jax.set_mesh`."
-softmax_gathered_objective = _mesh_objective(softmax_loss_gathered, with_bias=False)
-softmax_gathered_objective.__doc__ = "CLIP gathered loss between the two `cfg.modalities`; needs `jax.set_mesh`."
+sigmoid_chunked_objective = two_modality_objective(PairLoss(_in_context_mesh(sigmoid_loss_ring), uses_bias=True),
+                                                   "sigmoid_chunked")
+softmax_gathered_objective = two_modality_objective(
+    PairLoss(_in_context_mesh(softmax_loss_gathered), uses_bias=False), "softmax_gathered")
 
 OBJECTIVES: dict[str, Objective] = {
     "sigmoid_chunked": sigmoid_chunked_objective,

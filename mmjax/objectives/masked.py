@@ -2,17 +2,20 @@
 
 Pure functions on arrays, each returning (loss, metrics) with a float32
 scalar loss; they know nothing about models or configs. Only masked
-positions enter a loss: a prediction at a visible position changes neither
-the value nor the gradient (selection is by `jnp.where`, so even a NaN
-there stays out). To drop examples that lack a modality, AND their rows of
-the mask with the per-example `present` flag.
+positions enter a loss: a (finite) prediction at a visible position changes
+neither the value nor the gradient. To drop examples that lack a modality,
+AND their rows of the mask with the per-example `present` flag. With nothing
+masked a loss is 0, not NaN.
 
   patchify / unpatchify        images [B, H, W, C] <-> patches [B, N, p*p*C]
   patchify_spectrogram / ...   log-mel [B, T, F]   <-> patches [B, N, pt*pf]
+  mask_to_pixels               token mask [B, N]   ->  pixel mask [B, H, W]
   mae_loss                     MAE / AudioMAE: per-patch MSE, optional norm_pix
   simmim_loss                  SimMIM: L1 on masked pixels
   chamfer_l2                   Point-MAE: Chamfer-L2 per masked group
-  feature_regression_loss      data2vec (L2 / smooth L1) and EVA (cosine)
+  feature_regression_loss      data2vec (L2 / smooth L1) and EVA (cosine), with
+  normalize_features,          the teacher-target normalisations and data2vec's
+  average_layer_targets        average of normalised top layers
   ema_update, ema_schedule     the EMA teacher of data2vec / BYOL-style methods
 
 On the EMA teacher: an optax GradientTransformation maps gradients to
@@ -23,6 +26,8 @@ the trainer keeps `teacher_params` next to `params` and calls `ema_update`
 after `optax.apply_updates`; that is all the machinery it needs.
 """
 from __future__ import annotations
+
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -243,10 +248,12 @@ def _token_std(v: jax.Array, mask: jax.Array) -> jax.Array:
 def ema_update(teacher_params, student_params, decay):
     """teacher <- decay * teacher + (1 - decay) * student, leaf by leaf.
 
-    decay may be a traced scalar (e.g. `ema_schedule` of the step); the
-    teacher keeps its own dtypes.
+    decay may be a traced scalar (e.g. `ema_schedule` of the step). Each leaf
+    keeps the teacher's dtype; keep the teacher in float32, since a bf16 leaf
+    would round away steps of (1 - decay) ~ 1e-4 of the difference.
     """
-    return optax.incremental_update(student_params, teacher_params, 1.0 - jnp.asarray(decay, jnp.float32))
+    decay = jnp.asarray(decay, jnp.float32)
+    return jax.tree.map(lambda t, s: (t + (1.0 - decay) * (s - t)).astype(t.dtype), teacher_params, student_params)
 
 
 def ema_schedule(step, start: float, end: float, total: int, kind: str = "linear") -> jax.Array:
@@ -262,3 +269,22 @@ def ema_schedule(step, start: float, end: float, total: int, kind: str = "linear
     if kind == "cosine":
         frac = (1.0 - jnp.cos(jnp.pi * frac)) / 2.0
     return start + (end - start) * frac
+
+
+def mae_objective(outputs: Mapping[str, Any], batch: Mapping[str, Any], cfg) -> tuple[jax.Array, Metrics]:
+    """Objective "mae": `mae_loss` for every modality in outputs["masked"], summed.
+
+    outputs["masked"][m] = {"pred": [B, N, P], "target": [B, N, P], "mask": bool [B, N]}
+    (see mmjax.models.mae); cfg.norm_pix as in MAE; cfg.weights {m: w} (default 1).
+    """
+    del batch  # the model already folded presence and padding into each mask
+    weights = dict(cfg.get("weights", {}) or {})
+    total, metrics = jnp.zeros((), jnp.float32), {}
+    for m, out in outputs["masked"].items():
+        loss, extra = mae_loss(out["pred"], out["target"], out["mask"], norm_pix=cfg.get("norm_pix", False))
+        total = total + weights.get(m, 1.0) * loss
+        metrics |= {f"{m}/mae_loss": loss, **{f"{m}/{k}": v for k, v in extra.items()}}
+    return total, metrics
+
+
+OBJECTIVES = {"mae": mae_objective}

@@ -273,7 +273,8 @@ def split_modalities(x: jax.Array, tokens_per_modality: Mapping[str, int]) -> di
     """Cuts a concatenated sequence x [B, N, ...] back into {modality: [B, N_m, ...]}."""
     sizes = [int(s) for s in tokens_per_modality.values()]
     if x.shape[1] != sum(sizes):
-        raise ValueError(f"sequence of {x.shape[1]} tokens does not match the modality sizes {dict(tokens_per_modality)}")
+        raise ValueError(f"sequence of {x.shape[1]} tokens does not match the modality sizes "
+                         f"{dict(tokens_per_modality)}")
     parts = jnp.split(x, np.cumsum(sizes)[:-1], axis=1)
     return dict(zip(tokens_per_modality, parts))
 

@@ -1,0 +1,62 @@
+"""Frozen-feature classifiers: kNN and a closed-form ridge linear probe.
+
+Both take features of a labelled train set and score a test set; the
+features are what a frozen encoder produced (mmjax.evals.suite extracts them
+once per evaluation and shares them).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def _normalize(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def knn_accuracy(train_x, train_y, test_x, test_y, *, k: int = 20, temperature: float = 0.07,
+                 num_classes: int | None = None, chunk_size: int = 1024) -> float:
+    """Weighted kNN on cosine similarity (as DINO's evaluation): each of the k
+    nearest train examples votes for its class with weight exp(sim / T)."""
+    train_x, test_x = _normalize(np.asarray(train_x, np.float32)), _normalize(np.asarray(test_x, np.float32))
+    train_y, test_y = np.asarray(train_y), np.asarray(test_y)
+    c = int(num_classes or max(train_y.max(), test_y.max()) + 1)
+    k = min(k, len(train_x))
+    correct = 0
+    for start in range(0, len(test_x), chunk_size):
+        sim = test_x[start:start + chunk_size] @ train_x.T  # [q, N]
+        top = np.argpartition(-sim, k - 1, axis=1)[:, :k]  # [q, k], unordered
+        weights = np.exp(np.take_along_axis(sim, top, axis=1) / temperature)
+        votes = np.zeros((len(sim), c))
+        np.add.at(votes, (np.arange(len(sim))[:, None], train_y[top]), weights)
+        correct += int(np.sum(votes.argmax(axis=1) == test_y[start:start + chunk_size]))
+    return correct / len(test_x)
+
+
+def _ridge_fit(x: np.ndarray, targets: np.ndarray, lam: float) -> np.ndarray:
+    return np.linalg.solve(x.T @ x + lam * np.eye(x.shape[1]), x.T @ targets)
+
+
+def ridge_probe_accuracy(train_x, train_y, test_x, test_y, *, lambdas: Sequence[float] = tuple(np.logspace(-2, 4, 7)),
+                         val_fraction: float = 0.2, seed: int = 0) -> tuple[float, float]:
+    """Linear probe by closed-form ridge regression onto one-hot labels.
+
+    Features are standardised with train statistics (plus a bias column); the
+    regulariser is chosen on a held-out `val_fraction` of the train set, then
+    the probe is refit on all of it. Returns (test accuracy, chosen lambda).
+    """
+    train_x, test_x = np.asarray(train_x, np.float64), np.asarray(test_x, np.float64)
+    train_y, test_y = np.asarray(train_y), np.asarray(test_y)
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+    prep = lambda x: np.concatenate([(x - mean) / std, np.ones((len(x), 1))], axis=1)  # noqa: E731
+    xtr, xte = prep(train_x), prep(test_x)
+    onehot = np.eye(int(max(train_y.max(), test_y.max()) + 1))[train_y]
+    order = np.random.default_rng(seed).permutation(len(xtr))
+    n_val = max(1, int(len(xtr) * val_fraction))
+    val, fit = order[:n_val], order[n_val:]
+    scores = [np.mean((xtr[val] @ _ridge_fit(xtr[fit], onehot[fit], lam)).argmax(1) == train_y[val])
+              for lam in lambdas]
+    best = float(lambdas[int(np.argmax(scores))])
+    w = _ridge_fit(xtr, onehot, best)
+    return float(np.mean((xte @ w).argmax(1) == test_y)), best
