@@ -51,6 +51,13 @@ class Checkpointer:
         log.info("restored checkpoint step %d", step)
         return restored["state"]
 
+    def restore_state(self, step: int, abstract_state):
+        """Only the model/optimiser state of `step` (no data iterator), e.g. for evaluation."""
+        return self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))["state"]
+
+    def all_steps(self) -> list[int]:
+        return list(self._manager.all_steps())
+
     def wait(self) -> None:
         """Blocks until any in-flight async save is committed."""
         self._manager.wait_until_finished()

@@ -55,31 +55,18 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
     train_iter = pipeline.make_train_iterator(
         config.data, global_batch_size=config.batch_size, seed=config.seed, tokenizer=tokenizer,
         shard_index=process_index, shard_count=process_count)
-    eval_batches = pipeline.make_eval_batches(config.data, split=config.data.eval_split,
-                                              batch_size=config.eval.batch_size, tokenizer=tokenizer)
 
     # ---------------------------------------------------------------- 4. model
     model = build_model(config.model, tokenizer)
     objective = get_objective(config.objective.name)
+    evaluate = EvalSuite.from_config(config, model, tokenizer, mesh)  # section 9 runs it
 
     # ---------------------------------------------------------------- 5. optimiser
     tx, schedule = make_optimizer(config.optim, config.total_steps)
 
     # ---------------------------------------------------------------- 6. state
-    rng = jax.random.key(config.seed)
-    init_rng, train_rng = jax.random.split(rng)
-    example = jax.tree_util.tree_map(lambda v: jnp.zeros((dp,) + v.shape[1:], v.dtype),
-                                     _model_inputs(eval_batches[0]))
-
-    def init_state():
-        params = model.init({"params": init_rng, "masking": init_rng}, example)["params"]
-        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
-
-    abstract_state = jax.eval_shape(init_state)
-    rules = tuple(config.sharding.rules)
-    if config.sharding.tensor_parallel:
-        rules += parallel.TENSOR_PARALLEL_RULES
-    state_shardings = parallel.tree_shardings(abstract_state, mesh, rules, config.sharding.fsdp_min_size)
+    init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
+    init_state, abstract_state, state_shardings = state_layout(config, model, tx, mesh, evaluate.batches[0], init_rng)
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(abstract_state["params"]))
     say(f"model: {config.model.get('kind', 'contrastive')}, {num_params / 1e6:.2f}M params, "
         f"modalities {list(config.data.modalities)}; objective {config.objective.name}")
@@ -118,13 +105,7 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
     train_step = jax.jit(train_step, in_shardings=(state_shardings, batch_sharding),
                          out_shardings=(state_shardings, NamedSharding(mesh, P())), donate_argnums=0)
 
-    # ---------------------------------------------------------------- 9. evals
-    probe_batches = []
-    if config.eval.probe_modalities:  # frozen-feature probes train on the train split (unaugmented)
-        probe_batches = pipeline.make_eval_batches(config.data, split=config.data.train_split,
-                                                   batch_size=config.eval.batch_size, tokenizer=tokenizer)
-    evaluate = EvalSuite(config.eval, model, tokenizer, mesh, eval_batches, probe_batches)
-
+    # ---------------------------------------------------------------- 9. evals (built in section 4)
     # ---------------------------------------------------------------- 10. loop
     logger = metrics_lib.MetricLogger(workdir, enabled=is_main, tensorboard=config.tensorboard)
     meter = metrics_lib.Throughput(config.batch_size, config.total_steps)
@@ -179,6 +160,27 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
     ckpt.close()
     say(metrics_lib.format_line("final:", final), flush=True)
     return final
+
+
+def state_layout(config, model, tx, mesh, example_batch, init_rng):
+    """(init_state fn, abstract state, shardings) of {"step", "params", "opt_state"}.
+
+    Shared by training and the standalone evaluator, which restores into the
+    same layout. Shardings come from config.sharding's regex rules (plus the
+    tensor-parallel ones when enabled) and FSDP above fsdp_min_size.
+    """
+    dp = parallel.data_parallel_size(mesh)
+    example = jax.tree_util.tree_map(lambda v: jnp.zeros((dp,) + v.shape[1:], v.dtype), _model_inputs(example_batch))
+
+    def init_state():
+        params = model.init({"params": init_rng, "masking": init_rng}, example)["params"]
+        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+
+    abstract_state = jax.eval_shape(init_state)
+    rules = tuple(config.sharding.rules)
+    if config.sharding.tensor_parallel:
+        rules += parallel.TENSOR_PARALLEL_RULES
+    return init_state, abstract_state, parallel.tree_shardings(abstract_state, mesh, rules, config.sharding.fsdp_min_size)
 
 
 def _preempt_mid_save(ckpt, step, state, train_iter):

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmjax import metrics, train
+from mmjax import evaluate, metrics, train
 from mmjax.evals import probe
 from mmjax.models import build_model
 from mmjax.objectives import get_objective, masked
@@ -79,3 +79,9 @@ def test_mae_trains_and_probes_from_step_zero(tmp_path, tiny):
     assert rows[0]["step"] == 0 and "eval/linear_top1_image" in rows[0]  # the untrained baseline
     losses = [r["train/loss"] for r in rows if "train/loss" in r]
     assert len(losses) == 8 and losses[-1] < losses[0]
+    # the standalone evaluator restores the final checkpoint and reproduces the final numbers
+    again = evaluate.evaluate_checkpoint(config, str(tmp_path), devices=jax.devices()[:2])
+    assert again["step"] == 8
+    for key in ("knn_top1_image", "linear_top1_image"):
+        assert again[key] == pytest.approx(final[key], abs=1e-9)
+    assert (tmp_path / "eval" / "step_8.json").exists()

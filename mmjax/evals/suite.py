@@ -11,12 +11,14 @@ the train split (`probe_batches`) and the test split feed a kNN classifier
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mmjax import parallel
-from mmjax.data import digits
+from mmjax.data import digits, pipeline
 from mmjax.evals import probe, retrieval, zeroshot
 
 
@@ -56,6 +58,14 @@ class EvalSuite:
         self._embed = jax.jit(
             lambda params, x, mask, modality: model.apply({"params": params}, x, modality, mask, method="embed")[0],
             static_argnums=3, out_shardings=NamedSharding(mesh, P()))
+
+    @classmethod
+    def from_config(cls, config, model, tokenizer, mesh) -> "EvalSuite":
+        """The suite over the eval split (and the train split, for probes) of config.data."""
+        batches = functools.partial(pipeline.make_eval_batches, config.data, batch_size=config.eval.batch_size,
+                                    tokenizer=tokenizer)
+        probe_batches = batches(split=config.data.train_split) if config.eval.probe_modalities else ()
+        return cls(config.eval, model, tokenizer, mesh, batches(split=config.data.eval_split), probe_batches)
 
     def _local_rows(self, x):
         rows = x.shape[0] // jax.process_count()
