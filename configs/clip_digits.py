@@ -69,7 +69,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict({
         "every_steps": 200, "batch_size": 512, "retrieval_ks": (1, 5, 10),
         "zeroshot_modalities": ("image",),
-        "probe_modalities": (),  # kNN + linear probe on frozen features (train split -> test)
+        "probe_modalities": (),  # kNN, linear and few-shot probes on frozen features (train split -> test)
+        "few_shot_ways": 5, "few_shot_shots": (1, 5),
         "at_start": False,  # also evaluate the untrained model (logged at step 0)
         "retrieval_pairs": ("image:text", "text:image"),  # query:key
         # The short names of the final line.

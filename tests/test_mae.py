@@ -63,6 +63,12 @@ def test_probes_known_answers():
     constant = np.ones((400, 8))
     acc, _ = probe.ridge_probe_accuracy(constant, ytr, np.ones((100, 8)), yte)
     assert acc <= np.bincount(yte).max() / len(yte) + 1e-9
+    mean, std = probe.few_shot_accuracy(xtr, ytr, xte, yte, ways=3, shots=2, episodes=10)
+    assert mean == 1.0 and std == 0.0
+    mean, _ = probe.few_shot_accuracy(constant, ytr, np.ones((100, 8)), yte, ways=4, shots=3, episodes=50)
+    assert mean == pytest.approx(0.25, abs=0.08)  # identical features: chance (ties go to one class)
+    with pytest.raises(ValueError, match="5-way episodes need 5 classes"):
+        probe.few_shot_accuracy(xtr, ytr, xte, yte, ways=5)
     # random labels: kNN near chance (1/4) on held-out points
     rng = np.random.default_rng(1)
     acc = probe.knn_accuracy(xtr, rng.integers(0, 4, 400), xte, rng.integers(0, 4, 100), k=5)
@@ -74,7 +80,7 @@ def test_mae_trains_and_probes_from_step_zero(tmp_path, tiny):
     with config.unlocked():
         config.tensorboard = False
     final = train.train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:2])
-    assert {"knn_top1_image", "linear_top1_image"} <= set(final)
+    assert {"knn_top1_image", "linear_top1_image", "5way1shot_image", "5way5shot_std_image"} <= set(final)
     rows = metrics.read_metrics(str(tmp_path))
     assert rows[0]["step"] == 0 and "eval/linear_top1_image" in rows[0]  # the untrained baseline
     losses = [r["train/loss"] for r in rows if "train/loss" in r]

@@ -60,3 +60,33 @@ def ridge_probe_accuracy(train_x, train_y, test_x, test_y, *, lambdas: Sequence[
     best = float(lambdas[int(np.argmax(scores))])
     w = _ridge_fit(xtr, onehot, best)
     return float(np.mean((xte @ w).argmax(1) == test_y)), best
+
+
+def few_shot_accuracy(train_x, train_y, test_x, test_y, *, ways: int = 5, shots: int = 5, episodes: int = 20,
+                      queries_per_class: int = 15, lam: float = 1.0, seed: int = 0) -> tuple[float, float]:
+    """n-way k-shot classification on frozen features, as (mean, std) accuracy over episodes.
+
+    Each episode draws `ways` classes, `shots` support examples of each from
+    the train features and `queries_per_class` queries of each from the test
+    features, and fits closed-form ridge least squares onto one-hot targets
+    (L2-normalised features, bias column, regulariser `lam`), as big_vision's
+    few-shot evaluator does.
+    """
+    train_x, test_x = _normalize(np.asarray(train_x, np.float64)), _normalize(np.asarray(test_x, np.float64))
+    train_y, test_y = np.asarray(train_y), np.asarray(test_y)
+    classes = np.intersect1d(np.unique(train_y), np.unique(test_y))
+    if len(classes) < ways:
+        raise ValueError(f"{ways}-way episodes need {ways} classes present in both splits, have {len(classes)}")
+    rng = np.random.default_rng(seed)
+    bias = lambda x: np.concatenate([x, np.ones((len(x), 1))], axis=1)  # noqa: E731
+    accuracies = []
+    for _ in range(episodes):
+        chosen = rng.choice(classes, ways, replace=False)
+        support = np.concatenate([rng.choice(np.flatnonzero(train_y == c), shots, replace=False) for c in chosen])
+        query = np.concatenate([rng.choice(np.flatnonzero(test_y == c), min(queries_per_class, np.sum(test_y == c)),
+                                           replace=False) for c in chosen])
+        targets = np.eye(ways)[np.searchsorted(np.sort(chosen), train_y[support])]
+        w = _ridge_fit(bias(train_x[support]), targets, lam)
+        predicted = np.sort(chosen)[(bias(test_x[query]) @ w).argmax(1)]
+        accuracies.append(np.mean(predicted == test_y[query]))
+    return float(np.mean(accuracies)), float(np.std(accuracies))

@@ -7,7 +7,8 @@ example is the one right answer) and class-level (`class_r<k>_<a>_<b>`: any
 example of the query's class counts). `config.eval.aliases` adds short names
 (e.g. "i2t_r1" for "r1_image_text"). Per probe modality m: frozen features of
 the train split (`probe_batches`) and the test split feed a kNN classifier
-(`knn_top1_<m>`) and a ridge linear probe (`linear_top1_<m>`).
+(`knn_top1_<m>`), a ridge linear probe (`linear_top1_<m>`) and n-way k-shot
+episodes (`<n>way<k>shot_<m>`, mean and std over episodes).
 """
 from __future__ import annotations
 
@@ -106,6 +107,11 @@ class EvalSuite:
                 train_x = self.embed_all(params, self.probe_batches, m)[train_mask]
                 results[f"knn_top1_{m}"] = probe.knn_accuracy(train_x, train_labels, z[m], labels)
                 results[f"linear_top1_{m}"] = probe.ridge_probe_accuracy(train_x, train_labels, z[m], labels)[0]
+                for shots in self.cfg.few_shot_shots:
+                    mean, std = probe.few_shot_accuracy(train_x, train_labels, z[m], labels, ways=self.cfg.few_shot_ways,
+                                                        shots=shots)
+                    results[f"{self.cfg.few_shot_ways}way{shots}shot_{m}"] = mean
+                    results[f"{self.cfg.few_shot_ways}way{shots}shot_std_{m}"] = std
         unknown = {a: n for a, n in dict(self.cfg.aliases).items() if n not in results}
         if unknown:
             raise ValueError(f"config.eval.aliases {unknown} name unknown metrics; valid: {sorted(results)}")
