@@ -132,7 +132,7 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
         for flag, values in batch["flags"].items():  # data problems counted on the host
             flag_counts[flag] = flag_counts.get(flag, 0) + int(np.sum(values))
         with jax.set_mesh(mesh):  # objectives with explicit collectives (shard_map) read it at trace time
-            state, step_metrics = train_step(state, parallel.host_to_global(_model_inputs(batch), mesh))
+            state, step_metrics = train_step(state, parallel.host_to_global(model_inputs(batch), mesh))
         step += 1
         if step == start_step + 1:  # keep compilation out of the throughput figures
             jax.block_until_ready(state)
@@ -170,7 +170,7 @@ def state_layout(config, model, tx, mesh, example_batch, init_rng):
     tensor-parallel ones when enabled) and FSDP above fsdp_min_size.
     """
     dp = parallel.data_parallel_size(mesh)
-    example = jax.tree_util.tree_map(lambda v: jnp.zeros((dp,) + v.shape[1:], v.dtype), _model_inputs(example_batch))
+    example = jax.tree_util.tree_map(lambda v: jnp.zeros((dp,) + v.shape[1:], v.dtype), model_inputs(example_batch))
 
     def init_state():
         params = model.init({"params": init_rng, "masking": init_rng}, example)["params"]
@@ -195,6 +195,6 @@ def _preempt_mid_save(ckpt, step, state, train_iter):
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _model_inputs(batch: dict) -> dict:
+def model_inputs(batch: dict) -> dict:
     """What the train step sees: modality inputs, their masks, presence, labels (not host-side flags)."""
     return {k: v for k, v in batch.items() if k not in ("flags", "mask")}
