@@ -134,7 +134,7 @@ def test_unknown_modality_for_dataset_lists_valid(tiny):
     cfg = tiny.data.copy_and_resolve_references()
     with cfg.unlocked():
         cfg.name, cfg.modalities = "digits_captions", ("image", "audio")
-    with pytest.raises(ValueError, match=r"no modality \['audio'\]; valid: \['image', 'text'\]"):
+    with pytest.raises(ValueError, match=r"no modality \['audio'\]; valid: \['image', 'points', 'text'\]"):
         pipeline.dataset_builder(cfg)
 
 

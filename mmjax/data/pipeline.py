@@ -29,7 +29,7 @@ from mmjax.data.transforms import RecordSource, ValidateRecord
 
 # name -> (builder class, modalities its examples can provide)
 DATASETS = {
-    digits.NAME: (digits.DigitsCaptions, ("image", "text")),
+    digits.NAME: (digits.DigitsCaptions, ("image", "points", "text")),  # points: sampled from the image
     avdigits.NAME: (avdigits.AVDigits, avdigits.MODALITIES),
 }
 

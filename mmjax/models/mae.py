@@ -1,10 +1,12 @@
-"""Masked autoencoder (He et al., 2022) over one modality's patch tokens.
+"""Masked autoencoders over one modality's tokens: MAE, AudioMAE, Point-MAE.
 
-The encoder (any tower with a `keep_idx` argument: ViT, audio) sees only the
-visible patches; a lightweight decoder puts mask tokens back at the hidden
-positions, adds its own position embedding, and predicts every patch's
-pixels (or log-mel values: AudioMAE). The loss (mmjax.objectives.masked,
-objective "mae") is taken on the hidden patches only.
+The encoder (a tower with a `keep_idx` argument) sees only the visible
+tokens; a lightweight decoder puts mask tokens back at the hidden positions,
+adds its own position embedding, and predicts every token's content: pixels
+(MAE, He et al. 2022), log-mel values (AudioMAE, Huang et al. 2022), or the
+K points of each group relative to its centre (Point-MAE, Pang et al. 2022,
+scored with Chamfer-L2). The loss (objective "mae") is taken on the hidden
+tokens only.
 
 Masking randomness comes from the "masking" rng stream, which the trainer
 derives from fold_in(seed, step), so a resumed run masks identically.
@@ -21,6 +23,7 @@ from mmjax.models.towers import build_encoder, to_dtype
 from mmjax.objectives import masked, masking
 
 PATCH_FIELDS = {"vit": ("patch_size", "patch_size"), "audio": ("patch_time", "patch_freq")}
+KINDS = (*PATCH_FIELDS, "points")
 
 
 class MaskedAutoencoder(nn.Module):
@@ -36,16 +39,24 @@ class MaskedAutoencoder(nn.Module):
 
     def setup(self):
         kind = self.encoder.get("encoder")
-        if kind not in PATCH_FIELDS:
-            raise ValueError(f"MAE needs a patch tower; model.encoder.encoder={kind!r}; valid: {sorted(PATCH_FIELDS)}")
-        self.patch = tuple(self.encoder[f] for f in PATCH_FIELDS[kind])
+        if kind not in KINDS:
+            raise ValueError(f"masked autoencoding needs one of the towers {list(KINDS)}; "
+                             f"model.encoder.encoder={kind!r}")
         self.tower = build_encoder(self.modality, self.encoder, self.dtype, self.param_dtype)
         kw = dict(dtype=to_dtype(self.dtype), param_dtype=to_dtype(self.param_dtype))
+        if kind == "points":
+            out_dim = self.encoder["group_size"] * 3
+            # Point-MAE's decoder position embedding: an MLP on the group centres.
+            self.decoder_pos = nn.Sequential([nn.Dense(128, **kw), nn.gelu, nn.Dense(self.decoder_width, **kw)],
+                                             name="decoder_pos")
+        else:
+            self.patch = tuple(self.encoder[f] for f in PATCH_FIELDS[kind])
+            out_dim = self.patch[0] * self.patch[1] * self._channels()
         self.decoder_embed = nn.Dense(self.decoder_width, **kw, name="decoder_embed")
         self.mask_token = self.param("mask_token", nn.initializers.normal(0.02), (self.decoder_width,),
                                      to_dtype(self.param_dtype))
         self.decoder = Encoder(self.decoder_depth, self.decoder_heads, self.decoder_mlp_dim, **kw, name="decoder")
-        self.decoder_pred = nn.Dense(self.patch[0] * self.patch[1] * self._channels(), **kw, name="decoder_pred")
+        self.decoder_pred = nn.Dense(out_dim, **kw, name="decoder_pred")
 
     def _channels(self) -> int:
         return 1 if self.encoder["encoder"] == "audio" else self.encoder.get("channels", 1)
@@ -65,13 +76,20 @@ class MaskedAutoencoder(nn.Module):
     def __call__(self, batch: Mapping[str, Any]):
         m = self.modality
         x, frame_mask = batch[m], batch.get(f"{m}_mask")
-        target, grid = self._patches(x)
-        b, n = target.shape[:2]
+        points = self.encoder["encoder"] == "points"
+        b = x.shape[0]
+        if points:
+            n = self.encoder["num_groups"]
+        else:
+            target, grid = self._patches(x)
+            n = target.shape[1]
         info = masking.random_mask(self.make_rng("masking"), b, n, masking.num_keep_for(n, self.mask_ratio))
-        visible = self.tower(x, frame_mask, keep_idx=info.keep_idx)["tokens"]  # [B, K, D]
-        y = masking.unshuffle_with_mask_tokens(self.decoder_embed(visible), self.mask_token, info.restore_idx)
-        # The decoder's own fixed 2-D sincos position embedding (as MAE's decoder).
-        y = y + jnp.asarray(posemb_sincos_2d(*grid, self.decoder_width), y.dtype)[None]
+        out = self.tower(x, frame_mask, keep_idx=info.keep_idx)
+        y = masking.unshuffle_with_mask_tokens(self.decoder_embed(out["tokens"]), self.mask_token, info.restore_idx)
+        if points:
+            y = y + self.decoder_pos(out["centres"].astype(y.dtype))
+        else:  # the decoder's own fixed 2-D sincos position embedding, as MAE's
+            y = y + jnp.asarray(posemb_sincos_2d(*grid, self.decoder_width), y.dtype)[None]
         pred = self.decoder_pred(self.decoder(y))  # [B, N, P]
         loss_mask = info.mask
         if frame_mask is not None:  # padding patches of short clips are not reconstructed
@@ -80,6 +98,9 @@ class MaskedAutoencoder(nn.Module):
         present = batch.get("present", {}).get(m)
         if present is not None:
             loss_mask = loss_mask & present[:, None]
+        if points:  # K points per group, relative to the group's centre, scored by Chamfer-L2
+            target = out["neighbourhoods"].astype(jnp.float32)
+            pred = pred.reshape(target.shape)
         return {"masked": {m: {"pred": pred, "target": target, "mask": loss_mask}}}
 
 

@@ -177,4 +177,6 @@ class PointTransformer(nn.Module):
         # Point-MAE's position MLP: xyz -> 128 -> D with a GELU.
         pos = nn.Dense(128, **kw, name="posemb_fc1")(centres.astype(self.dtype))
         x = x + nn.Dense(self.width, **kw, name="posemb_fc2")(nn.gelu(pos))
-        return encode_and_pool(self, x, keep_idx=keep_idx)
+        # The groups are the reconstruction targets and the centres the decoder's
+        # positions in Point-MAE; returning them costs nothing when unused.
+        return {**encode_and_pool(self, x, keep_idx=keep_idx), "centres": centres, "neighbourhoods": patches}

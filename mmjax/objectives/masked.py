@@ -272,18 +272,23 @@ def ema_schedule(step, start: float, end: float, total: int, kind: str = "linear
 
 
 def mae_objective(outputs: Mapping[str, Any], batch: Mapping[str, Any], cfg) -> tuple[jax.Array, Metrics]:
-    """Objective "mae": `mae_loss` for every modality in outputs["masked"], summed.
+    """Objective "mae": each modality's reconstruction loss in outputs["masked"], summed.
 
-    outputs["masked"][m] = {"pred": [B, N, P], "target": [B, N, P], "mask": bool [B, N]}
-    (see mmjax.models.mae); cfg.norm_pix as in MAE; cfg.weights {m: w} (default 1).
+    outputs["masked"][m] = {"pred", "target", "mask": bool [B, N]} (see
+    mmjax.models.mae): patches [B, N, P] are scored by `mae_loss` (cfg.norm_pix
+    as in MAE), point groups [B, G, K, 3] by `chamfer_l2` (Point-MAE).
+    cfg.weights {m: w} (default 1).
     """
     del batch  # the model already folded presence and padding into each mask
     weights = dict(cfg.get("weights", {}) or {})
     total, metrics = jnp.zeros((), jnp.float32), {}
     for m, out in outputs["masked"].items():
-        loss, extra = mae_loss(out["pred"], out["target"], out["mask"], norm_pix=cfg.get("norm_pix", False))
+        if out["pred"].ndim == 4:  # point groups
+            loss, extra = chamfer_l2(out["pred"], out["target"], out["mask"])
+        else:
+            loss, extra = mae_loss(out["pred"], out["target"], out["mask"], norm_pix=cfg.get("norm_pix", False))
         total = total + weights.get(m, 1.0) * loss
-        metrics |= {f"{m}/mae_loss": loss, **{f"{m}/{k}": v for k, v in extra.items()}}
+        metrics |= {f"{m}/recon_loss": loss, **{f"{m}/{k}": v for k, v in extra.items()}}
     return total, metrics
 
 
