@@ -13,13 +13,11 @@ Variants as configs/mae_digits.py (`mask`, `model`, `steps`); default mask 0.6.
 import ml_collections
 
 from configs import mae_digits
+from mmjax.config_utils import with_default
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    arg = arg or ""
-    if "mask=" not in arg:
-        arg = ",".join(filter(None, [arg, "mask=0.6"]))
-    c = mae_digits.get_config(arg)
+    c = mae_digits.get_config(with_default(arg, "mask", 0.6))
     with c.unlocked():
         c.data.modalities = ("points",)
         c.data.points.num_points = 128

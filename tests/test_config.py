@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from mmjax.config_utils import apply_overrides, split_overrides
+from mmjax.config_utils import apply_overrides, split_overrides, with_default
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from configs import clip_digits  # noqa: E402
@@ -50,3 +50,10 @@ def test_split_overrides_keeps_other_flags_in_order():
     rest, overrides = split_overrides(["prog", "--config=c.py:x", "--config.a.b=1", "--workdir=w", "--config.c=2"])
     assert rest == ["prog", "--config=c.py:x", "--workdir=w"]
     assert overrides == ["a.b=1", "c=2"]
+
+
+def test_with_default_adds_a_key_only_when_missing():
+    assert with_default("", "mask", 0.8) == "mask=0.8"
+    assert with_default("model=tiny", "mask", 0.8) == "model=tiny,mask=0.8"
+    assert with_default("model=tiny,mask=0.5", "mask", 0.8) == "model=tiny,mask=0.5"
+    assert with_default(None, "mask", 0.6) == "mask=0.6"
