@@ -1,5 +1,4 @@
 """AV-digits, per-modality example transforms, bad input, and missing modalities end to end."""
-import os
 import pathlib
 import shutil
 import sys

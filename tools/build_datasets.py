@@ -10,20 +10,18 @@ trainer does. Building is idempotent: a prepared dataset is left as it is.
 """
 import argparse
 
-from mmjax.data import digits
+from mmjax.data import builders
 from mmjax.data.pipeline import DATASETS
-
-BUILDERS = {digits.NAME: (digits.ensure_prepared, digits.DigitsCaptions)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_dir", default=None)
-    parser.add_argument("--datasets", nargs="*", default=list(DATASETS), choices=list(BUILDERS))
+    parser.add_argument("--datasets", nargs="*", default=sorted(DATASETS), choices=sorted(DATASETS))
     args = parser.parse_args()
     for name in args.datasets:
-        prepare, builder_cls = BUILDERS[name]
-        data_dir = prepare(args.data_dir)
+        builder_cls, _ = DATASETS[name]
+        data_dir = builders.ensure_prepared(builder_cls, args.data_dir)
         info = builder_cls(data_dir=data_dir).info
         splits = ", ".join(f"{s}={info.splits[s].num_examples}" for s in sorted(info.splits))
         print(f"{name} {info.version} in {data_dir}: {splits}")

@@ -175,12 +175,18 @@ def _prefixed(prefix: str, metrics: Metrics) -> Metrics:
     return {f"{prefix}/{key}": value for key, value in metrics.items()}
 
 
+def modality_pair(modalities) -> tuple[str, str]:
+    """`config.objective.modalities` of a two-modality objective, checked."""
+    names = tuple(modalities)
+    if len(names) != 2:
+        raise ValueError(f"config.objective.modalities must name exactly two modalities, got {names}")
+    return names
+
+
 def two_modality_objective(loss: PairLoss, name: str) -> Objective:
     """The objective applying `loss` to the two `cfg.modalities` (default image, text)."""
     def objective(outputs, batch, cfg):
-        names = tuple(cfg.get("modalities", DEFAULT_MODALITIES))
-        if len(names) != 2:
-            raise ValueError(f"config.objective.modalities must name exactly two modalities, got {names}")
+        names = modality_pair(cfg.get("modalities", DEFAULT_MODALITIES))
         loss_value, metrics = pair_loss(loss, outputs, batch, *names)
         return loss_value, _prefixed("_".join(names), metrics)
     objective.__name__ = f"{name}_objective"

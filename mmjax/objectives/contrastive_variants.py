@@ -16,7 +16,7 @@ import ml_collections
 
 from mmjax.objectives.contrastive import (
     _MASKED, DEFAULT_MODALITIES, Metrics, _as_f32_scalar, _in_batch_accuracy, _masked_mean, _prefixed,
-    _scaled_similarity, _validity)
+    _scaled_similarity, _validity, modality_pair)
 
 SYMILE_NEGATIVES = ("n", "n_squared")
 VIEW2_SUFFIX = "_view2"  # SimCLR's second view of modality m is outputs["embeddings"][m + "_view2"]
@@ -276,9 +276,7 @@ def _pair_objective(name: str, loss_fn, source: str = "embeddings", extras=None,
     keyword arguments (with `defaults`), `extras(outputs, a, b)` adds further model outputs."""
     def objective(outputs, batch, cfg):
         opts = _options(cfg, {"modalities": DEFAULT_MODALITIES, **defaults}, name)
-        names = tuple(opts.pop("modalities"))
-        if len(names) != 2:
-            raise ValueError(f"config.objective.modalities must name exactly two modalities, got {names}")
+        names = modality_pair(opts.pop("modalities"))
         x_a, x_b = _lookup(outputs[source], names, f'outputs["{source}"]')
         present = batch.get("present", {})
         loss, metrics = loss_fn(x_a, x_b, outputs["logit_scale"], valid_a=present.get(names[0]),
