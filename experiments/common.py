@@ -1,0 +1,124 @@
+"""What every experiment script shares: run a config, aggregate seeds, write the table and plot.
+
+Each run is a fresh `python -m mmjax.main` process (the README's command), so an
+experiment measures exactly what users run; its metrics come back from the
+run's metrics.jsonl. A finished run (its workdir holds the final eval) is not
+run again, so an interrupted sweep resumes where it stopped; `--fresh` reruns.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from mmjax.metrics import read_metrics
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(REPO, "experiments", "results")
+
+
+def parse_args(description: str, default_seeds: int = 2) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--workdir", default=os.path.join(REPO, "workdirs", "experiments"),
+                   help="where the runs' checkpoints and metrics go")
+    p.add_argument("--seeds", type=int, default=default_seeds, help="seeds per setting (>= 2 for a spread)")
+    p.add_argument("--fresh", action="store_true", help="rerun settings whose workdir already finished")
+    return p.parse_args()
+
+
+def run_config(config: str, workdir: str, overrides: Mapping[str, Any] | None = None, fresh: bool = False) -> dict:
+    """Trains `config` (path[:variant]) with `--config.k=v` overrides; returns the final eval metrics.
+
+    The returned dict holds the last `eval/*` values (prefix removed), the last
+    `train/*` values, and `wall_s` of this run (0 if it was already done).
+    """
+    if fresh and os.path.exists(workdir):
+        shutil.rmtree(workdir)
+    start, ran = time.time(), False
+    if not _finished(workdir):
+        cmd = [sys.executable, "-m", "mmjax.main", f"--config={config}", f"--workdir={workdir}"]
+        cmd += [f"--config.{k}={_flag_value(v)}" for k, v in (overrides or {}).items()]
+        print("$", " ".join(cmd), flush=True)
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+        if proc.returncode:
+            raise RuntimeError(f"run failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout[-3000:]}\n"
+                               f"{proc.stderr[-3000:]}")
+        mark_finished(workdir)
+        ran = True
+    result = {"wall_s": time.time() - start if ran else 0.0}
+    for row in read_metrics(workdir):
+        for k, v in row.items():
+            if k.startswith("eval/"):
+                result[k[5:]] = v
+            elif k.startswith("train/"):
+                result[k] = v
+    return result
+
+
+def _flag_value(v: Any) -> str:
+    if isinstance(v, (tuple, list)):
+        return "(" + ",".join(repr(x) for x in v) + ("," if len(v) == 1 else "") + ")"
+    return str(v)
+
+
+def _finished(workdir: str) -> bool:
+    # Written by run_config once the process exited 0 (its final eval is in metrics.jsonl).
+    return os.path.exists(os.path.join(workdir, "FINISHED"))
+
+
+def mark_finished(workdir: str) -> None:
+    with open(os.path.join(workdir, "FINISHED"), "w") as f:
+        f.write(time.strftime("%Y-%m-%d %H:%M:%S\n"))
+
+
+def mean_spread(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and half the range (max - min) / 2 over seeds: with 2-3 seeds, the honest spread."""
+    v = np.asarray(values, np.float64)
+    return float(v.mean()), float((v.max() - v.min()) / 2)
+
+
+def fmt(values: Sequence[float], digits: int = 3) -> str:
+    mean, spread = mean_spread(values)
+    return f"{mean:.{digits}f} ± {spread:.{digits}f}"
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_result(name: str, title: str, sections: Sequence[str]) -> str:
+    """experiments/results/<name>.md: title, then the given markdown sections."""
+    os.makedirs(RESULTS, exist_ok=True)
+    path = os.path.join(RESULTS, f"{name}.md")
+    with open(path, "w") as f:
+        f.write(f"# {title}\n\n" + "\n\n".join(s.strip() for s in sections) + "\n")
+    print(f"wrote {path}")
+    return path
+
+
+def save_figure(fig, name: str) -> str:
+    path = os.path.join(RESULTS, f"{name}.png")
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    print(f"wrote {path}")
+    return path
+
+
+def pyplot():
+    """matplotlib.pyplot with a file-only backend (experiments run headless)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def machine_line(wall_s: float) -> str:
+    return (f"Run time: {wall_s / 60:.1f} min on this machine ({os.cpu_count()} CPU cores, no accelerator), "
+            f"{time.strftime('%Y-%m-%d')}.")
