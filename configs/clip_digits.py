@@ -2,7 +2,9 @@
 
 The main job: `python -m mmjax.main --config configs/clip_digits.py --workdir <dir>`.
 Variants: `configs/clip_digits.py:loss=sigmoid,model=tiny`, keys:
-  loss   softmax (CLIP InfoNCE) | sigmoid (SigLIP)
+  loss   softmax (CLIP InfoNCE) | sigmoid (SigLIP) | dcl (decoupled; objective.vmf_sigma
+         gives DCLW) | hard_negative (Robinson et al.; objective.beta, tau_plus) |
+         sigmoid_chunked (SigLIP as a ring over the data devices) | softmax_gathered
   model  tiny (tests) | small (default, ~5 min on a 2-core CPU) | base
   steps  total train steps (default depends on model)
 Single fields: `--config.optim.lr=3e-4`, `--config.batch_size=128`, ...
@@ -18,8 +20,12 @@ MODEL_SIZES = {
     "small": dict(width=128, depth=3, heads=4, mlp=256, patch=7, embed=128, steps=600),
     "base": dict(width=256, depth=6, heads=8, mlp=1024, patch=4, embed=256, steps=3000),
 }
-# SigLIP initialises t' = log 10, b = -10; CLIP t = 1/0.07.
-LOGIT_INIT = {"softmax": (1 / 0.07, 0.0), "sigmoid": (10.0, -10.0)}
+# SigLIP initialises t' = log 10, b = -10; CLIP t = 1/0.07 (and so do CLIP's variants).
+CLIP_INIT, SIGLIP_INIT = (1 / 0.07, 0.0), (10.0, -10.0)
+LOGIT_INIT = {"softmax": CLIP_INIT, "sigmoid": SIGLIP_INIT, "dcl": CLIP_INIT, "hard_negative": CLIP_INIT,
+              "sigmoid_chunked": SIGLIP_INIT, "softmax_gathered": CLIP_INIT}
+# The losses' own knobs, at their papers' defaults, so that `--config.objective.<knob>` can set them.
+LOSS_FIELDS = {"dcl": {"vmf_sigma": None}, "hard_negative": {"beta": 1.0, "tau_plus": 0.1}}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -39,6 +45,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.embed_dim = size["embed"]
     c.model.logit_scale_init, c.model.logit_bias_init = LOGIT_INIT[variant.loss]
     c.model.dtype = "float32"
+    # Contrastive-family options (mmjax.models.towers.ContrastiveModel), all off here:
+    # per-token projections (FILIP), a frozen reference tower (CWCL) restored from a
+    # finished run's workdir, learned stand-ins for absent modalities (Symile).
+    c.model.project_tokens = False
+    c.model.reference = ml_collections.ConfigDict({"modality": "", "init_from": ""})
+    c.model.missing_embeddings = ()
     c.model.param_dtype = "float32"
     tower = dict(width=size["width"], depth=size["depth"], num_heads=size["heads"], mlp_dim=size["mlp"],
                  scan=False, remat="none", posemb="learn")
@@ -50,7 +62,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # The text tower's context follows the tokenizer's length unless overridden.
     c.model.towers.text.max_len = c.data.get_ref("text_len")
 
-    c.objective = ml_collections.ConfigDict({"name": variant.loss, "modalities": ("image", "text")})
+    c.objective = ml_collections.ConfigDict({"name": variant.loss, "modalities": ("image", "text"),
+                                             **LOSS_FIELDS.get(variant.loss, {})})
 
     c.optim = ml_collections.ConfigDict(dict(
         name="adamw", lr=2e-3, warmup_steps=100, schedule="cosine", min_lr_ratio=0.0,
@@ -64,6 +77,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # or, with mesh.fsdp > 1, sharded over 'fsdp' above fsdp_min_size elements.
     # tensor_parallel: add parallel.TENSOR_PARALLEL_RULES (heads and MLP units over 'tensor').
     c.sharding = ml_collections.ConfigDict({"rules": (), "fsdp_min_size": 2**18, "tensor_parallel": False})
+    # Gradient accumulation (mmjax.accumulate): `steps` micro-batches per step, 1 = off; "gradcache"
+    # is exact for contrastive losses, "plain" averages micro-batch gradients (masked modelling).
+    c.accumulation = ml_collections.ConfigDict({"steps": 1, "mode": "gradcache"})
 
     c.checkpoint = ml_collections.ConfigDict({"every_steps": 200, "keep": 3, "async_save": True})
     c.eval = ml_collections.ConfigDict({

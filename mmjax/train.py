@@ -22,13 +22,16 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from mmjax import accumulate
 from mmjax import checkpoint as ckpt_lib
 from mmjax import metrics as metrics_lib
 from mmjax import parallel
+from mmjax import teacher as teacher_lib
 from mmjax.data import pipeline
 from mmjax.data.tokenizer import get_tokenizer
 from mmjax.evals.suite import EvalSuite
 from mmjax.models import build_model
+from mmjax.models.towers import restore_reference
 from mmjax.objectives import get_objective
 from mmjax.optim import make_optimizer
 
@@ -47,6 +50,7 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
     for name, size in (("batch_size", config.batch_size), ("eval.batch_size", config.eval.batch_size)):
         if size % dp or size % process_count:
             raise ValueError(f"{name}={size} must divide over {dp} data-parallel devices and {process_count} processes")
+    accumulate.validate(config.accumulation, config.batch_size, dp)  # micro-batches split every device's rows
     say(f"mesh: {dict(mesh.shape)} over {len(mesh.devices.flat)} {jax.default_backend()} devices, "
         f"{process_count} process(es)")
 
@@ -77,6 +81,8 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
     start_step = ckpt.latest_step()
     if start_step is None:
         state = jax.jit(init_state, out_shardings=state_shardings)()
+        # A frozen reference tower (CWCL) may start from a finished run's checkpoint.
+        state["params"] = restore_reference(config.model, state["params"])
         start_step = 0
     else:
         state = ckpt.restore(start_step, ckpt_lib.abstract_like(abstract_state, state_shardings), train_iter)
@@ -88,18 +94,28 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
     def train_step(state, batch):
         step_rng = jax.random.fold_in(train_rng, state["step"])
 
-        def loss_fn(params):
-            rngs = {"dropout": jax.random.fold_in(step_rng, 0), "masking": jax.random.fold_in(step_rng, 1)}
+        # forward and objective apart, so that accumulation can run the forward per micro-batch.
+        def forward(params, batch, rng):
+            rngs = {"dropout": jax.random.fold_in(rng, 0), "masking": jax.random.fold_in(rng, 1)}
             outputs = model.apply({"params": params}, batch, rngs=rngs)
-            # Objectives that sample (Symile's shuffled negatives) read batch["rng"].
-            return objective(outputs, {**batch, "rng": jax.random.fold_in(step_rng, 2)}, config.objective)
+            if "teacher" in state:  # masked feature prediction: the EMA teacher's targets (no gradient)
+                outputs = teacher_lib.add_targets(config.model.teacher, model, state["teacher"], batch, outputs)
+            return outputs
 
-        (loss, step_metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        def loss_fn(outputs, batch, rng):
+            # Objectives that sample (Symile's shuffled negatives) read batch["rng"].
+            return objective(outputs, {**batch, "rng": jax.random.fold_in(rng, 2)}, config.objective)
+
+        (loss, step_metrics), grads = accumulate.value_and_grad(
+            forward, loss_fn, state["params"], batch, step_rng, config.accumulation)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         new_state = {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
                      "opt_state": opt_state}
         step_metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(state["step"]),
                         **step_metrics}
+        if "teacher" in state:  # EMA towards the updated student; the optimiser never sees the teacher
+            new_state["teacher"], step_metrics["ema_decay"] = teacher_lib.update(
+                config.model.teacher, model, state["teacher"], new_state["params"], state["step"])
         return new_state, step_metrics
 
     train_step = jax.jit(train_step, in_shardings=(state_shardings, batch_sharding),
@@ -163,7 +179,8 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
 
 
 def state_layout(config, model, tx, mesh, example_batch, init_rng):
-    """(init_state fn, abstract state, shardings) of {"step", "params", "opt_state"}.
+    """(init_state fn, abstract state, shardings) of {"step", "params", "opt_state"},
+    plus "teacher" for models with an EMA teacher (mmjax.teacher).
 
     Shared by training and the standalone evaluator, which restores into the
     same layout. Shardings come from config.sharding's regex rules (plus the
@@ -174,7 +191,10 @@ def state_layout(config, model, tx, mesh, example_batch, init_rng):
 
     def init_state():
         params = model.init({"params": init_rng, "masking": init_rng}, example)["params"]
-        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+        state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+        if teacher_lib.enabled(config, model):
+            state["teacher"] = teacher_lib.init(model, params)
+        return state
 
     abstract_state = jax.eval_shape(init_state)
     rules = tuple(config.sharding.rules)

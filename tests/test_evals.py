@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from mmjax.evals.retrieval import bidirectional_retrieval, retrieval_recall, topk_hits
-from mmjax.evals.zeroshot import build_prompts, prompt_ensemble, zeroshot_metrics
+from mmjax.evals.zeroshot import build_prompts, fused_zeroshot_metrics, prompt_ensemble, zeroshot_metrics
 
 
 def _unit(x):
@@ -158,3 +158,44 @@ def test_zeroshot_mask_ignores_rows():
         zeroshot_metrics(embeddings, labels, classes, mask=np.zeros(50, bool))
     with pytest.raises(ValueError, match="labels span"):
         zeroshot_metrics(embeddings[:45], labels[:45] + 10, classes)
+
+
+# ---------------------------------------------------------------------------
+# Fused zero-shot over a modality subset (missing modalities)
+# ---------------------------------------------------------------------------
+def _two_modality_case():
+    """Three classes on the axes; two examples whose modalities disagree.
+
+    Example 0 (class 0): audio leans to class 1 (wrong), points to class 0;
+    the normalised mean (0.767, 0.384, 0.224) picks class 0. Example 1
+    (class 2): audio on class 2, points on class 0; the mean (0.5, 0, 0.5)
+    ties classes 0 and 2, which the tie rule credits 1/2.
+    """
+    audio = np.array([[1.0, 1.2, 0.0], [0.0, 0.0, 1.0]], np.float32)
+    points = np.array([[1.0, 0.0, 0.5], [1.0, 0.0, 0.0]], np.float32)
+    return {"audio": audio, "points": points}, np.array([0, 2]), np.eye(3, dtype=np.float32)
+
+
+def test_fused_zeroshot_known_answer():
+    z, labels, classes = _two_modality_case()
+    top1 = {subset: fused_zeroshot_metrics(z, subset, labels, classes, topk=(1,))["zeroshot_top1"]
+            for subset in (("audio",), ("points",), ("audio", "points"))}
+    assert top1 == {("audio",): 0.5, ("points",): 0.5, ("audio", "points"): 0.75}
+    # One modality alone is plain zero-shot on that modality.
+    assert fused_zeroshot_metrics(z, ("audio",), labels, classes) == zeroshot_metrics(z["audio"], labels, classes)
+
+
+def test_fused_zeroshot_gives_each_modality_an_equal_vote():
+    # Scaled up 100x, un-normalised audio would outvote points on example 0.
+    z, labels, classes = _two_modality_case()
+    loud = {**z, "audio": 100 * z["audio"]}
+    assert fused_zeroshot_metrics(loud, ("audio", "points"), labels, classes, topk=(1,)) == {"zeroshot_top1": 0.75}
+    assert fused_zeroshot_metrics(loud, ("points", "audio"), labels, classes, topk=(1,)) == {"zeroshot_top1": 0.75}
+
+
+def test_fused_zeroshot_rejects_unknown_or_empty_subsets():
+    z, labels, classes = _two_modality_case()
+    with pytest.raises(ValueError, match="image"):
+        fused_zeroshot_metrics(z, ("image", "audio"), labels, classes)
+    with pytest.raises(ValueError, match="at least one"):
+        fused_zeroshot_metrics(z, (), labels, classes)

@@ -10,6 +10,10 @@ Output per example (only the configured modalities):
   image [28, 28, 1] float32 in [-1, 1]     text [L] int32 token ids
   audio [T, F] float32 log-mel + audio_mask [T] bool (valid frames)
   points [N, 3] float32 (unit sphere)      label int32
+  <m>_view2 (and <m>_view2_mask)  for m in data.second_view, in training only:
+      a second, independently augmented view of m (SimCLR / TCL); it shares
+      m's presence and augments with its own generator, seeded by a draw from
+      the example's (a pure function of the stream position, like the first)
   present {m: bool}  False where m was dropped (modality dropout) or bad
   flags {"text_truncated": bool, "bad_<m>": bool}  counted in the metrics
 
@@ -28,7 +32,8 @@ import numpy as np
 from mmjax.data import audio as audio_lib
 from mmjax.data import digits
 from mmjax.data import points as points_lib
-from mmjax.data.transforms import BadRecordError, random_shift
+from mmjax.data.transforms import BadRecordError, random_resized_crop, random_shift, random_word_edit
+from mmjax.objectives.contrastive_variants import VIEW2_SUFFIX
 
 ON_BAD_INPUT = ("error", "drop")
 
@@ -46,6 +51,11 @@ class ExampleTransform:
     audio_cfg: dict
     points_cfg: dict
     where: str  # "dataset/split", for error messages
+    second_view: tuple[str, ...] = ()  # modalities given a second augmented view in training
+    # Off by default (and then no draw from the generator, so existing streams are unchanged).
+    crop_scale: tuple[float, float] = (1.0, 1.0)  # random resized crop's area range; (1, 1) = off
+    text_delete_prob: float = 0.0  # EDA random deletion, per word
+    text_swap_prob: float = 0.0  # EDA random swap, expected swaps per word
 
     @classmethod
     def from_config(cls, data_cfg, tokenizer, *, train: bool, where: str) -> "ExampleTransform":
@@ -55,10 +65,15 @@ class ExampleTransform:
         unknown = set(drop) - set(MODALITY_FNS)
         if unknown:
             raise ValueError(f"data.drop_prob has unknown modalities {sorted(unknown)}; valid: {sorted(MODALITY_FNS)}")
+        second_view = tuple(data_cfg.get("second_view", ()))
+        if set(second_view) - set(data_cfg.modalities):
+            raise ValueError(f"data.second_view={second_view} names modalities outside data.modalities="
+                             f"{tuple(data_cfg.modalities)}")
         audio_cfg = dict(data_cfg.audio)
         logmel = audio_lib.from_config(audio_cfg.pop("logmel"))
         return cls(tuple(data_cfg.modalities), tokenizer, train, bool(data_cfg.augment), data_cfg.max_shift, drop,
-                   data_cfg.on_bad_input, logmel, audio_cfg, dict(data_cfg.points), where)
+                   data_cfg.on_bad_input, logmel, audio_cfg, dict(data_cfg.points), where, second_view=second_view,
+                   **_augment_options(data_cfg))
 
     @property
     def augmenting(self) -> bool:
@@ -66,6 +81,9 @@ class ExampleTransform:
 
     def __call__(self, record: dict, rng: np.random.Generator) -> dict:
         out = {"label": np.int32(record["label"]), "present": {}, "flags": {}}
+        # The second views' generator: seeded by the example's own stream (so a resumed run
+        # redraws the same views) and drawn from only when there are second views.
+        view_rng = np.random.default_rng(rng.integers(2**63, size=2)) if self.train and self.second_view else None
         for m in self.modalities:
             try:
                 out |= MODALITY_FNS[m](self, record, rng, out["flags"])
@@ -82,20 +100,28 @@ class ExampleTransform:
                 out |= _zeros_like_inputs(self, m)
                 present = False
             out["present"][m] = np.bool_(present)
+            if view_rng is not None and m in self.second_view:
+                view = MODALITY_FNS[m](self, record, view_rng, {}) if present else _zeros_like_inputs(self, m)
+                out |= {m + VIEW2_SUFFIX + k[len(m):]: v for k, v in view.items()}  # audio_mask -> audio_view2_mask
         return out
 
 
 def _image(t: ExampleTransform, record, rng, flags) -> dict:
     image = record["image"].astype(np.float32) / 127.5 - 1.0
+    if t.augmenting and t.crop_scale != (1.0, 1.0):
+        image = random_resized_crop(image, rng, t.crop_scale)
     if t.augmenting and t.max_shift:
         image = random_shift(image, rng, t.max_shift, background=-1.0)
     return {"image": image}
 
 
 def _text(t: ExampleTransform, record, rng, flags) -> dict:
+    caption = record["caption"]
+    if t.augmenting and (t.text_delete_prob or t.text_swap_prob):
+        caption = random_word_edit(caption, rng, t.text_delete_prob, t.text_swap_prob)
     # Over-long captions are truncated (keeping eot, as CLIP does) and counted.
-    flags["text_truncated"] = np.bool_(t.tokenizer.num_tokens(record["caption"]) > t.tokenizer.max_len)
-    return {"text": t.tokenizer.encode(record["caption"])}
+    flags["text_truncated"] = np.bool_(t.tokenizer.num_tokens(caption) > t.tokenizer.max_len)
+    return {"text": t.tokenizer.encode(caption)}
 
 
 def _audio(t: ExampleTransform, record, rng, flags) -> dict:
@@ -128,6 +154,17 @@ def _points(t: ExampleTransform, record, rng, flags) -> dict:
 
 
 MODALITY_FNS = {"image": _image, "text": _text, "audio": _audio, "points": _points}
+
+
+def _augment_options(data_cfg) -> dict:
+    """The image crop and caption edit options of data_cfg, checked here rather than per example."""
+    scale = tuple(float(x) for x in data_cfg.crop_scale)
+    if len(scale) != 2 or not 0.0 < scale[0] <= scale[1] <= 1.0:
+        raise ValueError(f"data.crop_scale={data_cfg.crop_scale}: expected (min, max) with 0 < min <= max <= 1")
+    probs = {"text_delete_prob": float(data_cfg.text_delete_prob), "text_swap_prob": float(data_cfg.text_swap_prob)}
+    if bad := {k: v for k, v in probs.items() if not 0.0 <= v < 1.0}:
+        raise ValueError(f"data.{next(iter(bad))}={next(iter(bad.values()))}: a probability in [0, 1) expected")
+    return {"crop_scale": scale, **probs}
 
 
 def _zeros_like_inputs(t: ExampleTransform, m: str) -> dict:

@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
-from mmjax.data import avdigits, builders, digits
+from mmjax.data import avdigits, builders, digits, fake
 from mmjax.data.modalities import ExampleTransform
 from mmjax.data.tokenizer import Tokenizer
 from mmjax.data.transforms import RecordSource, ValidateRecord
@@ -31,6 +31,8 @@ from mmjax.data.transforms import RecordSource, ValidateRecord
 DATASETS = {
     digits.NAME: (digits.DigitsCaptions, ("image", "points", "text")),  # points: sampled from the image
     avdigits.NAME: (avdigits.AVDigits, avdigits.MODALITIES),
+    # Generated in memory at the config's shapes (mmjax.data.fake): no builder, nothing to prepare.
+    fake.NAME: (None, fake.MODALITIES),
 }
 
 
@@ -45,8 +47,17 @@ def default_data_config() -> ml_collections.ConfigDict:
         # modality (marked absent in batch["present"]; objectives skip it).
         "drop_prob": {"image": 0.0, "audio": 0.0, "points": 0.0, "text": 0.0},
         "on_bad_input": "error",  # or "drop": mark the modality absent and count it
+        # Modalities that also get a second, independently augmented view "<m>_view2" in
+        # training (SimCLR / TCL); evaluation batches never have one.
+        "second_view": (),
         "augment": True,
         "max_shift": 2,  # Pixels; digits fill a centred 20x20 box, so 2 rarely clips one.
+        # Further training augmentations (with data.augment), off by default: random resized
+        # crop of an area fraction in crop_scale (before the shift; (1, 1) = off), and
+        # EDA-style caption edits before tokenising: per-word deletion, expected swaps per word.
+        "crop_scale": (1.0, 1.0),
+        "text_delete_prob": 0.0,
+        "text_swap_prob": 0.0,
         "text_len": 32,  # Tokens incl. bos/eot; every caption template fits in 30 bytes.
         "tokenizer": "bytes",  # or "bpe"
         "tokenizer_path": "",  # vocabulary file ("bpe": merges); "" = the embedded default
@@ -88,6 +99,8 @@ def dataset_builder(data_cfg: ml_collections.ConfigDict):
 def open_split(data_cfg: ml_collections.ConfigDict, split: str) -> grain.MapDataset:
     """Validated raw records of one split in stored order (builds the dataset on
     first use), each with "_index", its position in the split."""
+    if data_cfg.name == fake.NAME:  # generated, not stored: nothing to build or validate
+        return fake.open_split(data_cfg, split)
     builder = dataset_builder(data_cfg)
     if split not in builder.info.splits:
         raise ValueError(f"{data_cfg.name} has no split {split!r}; valid splits: {sorted(builder.info.splits)}")
@@ -97,6 +110,11 @@ def open_split(data_cfg: ml_collections.ConfigDict, split: str) -> grain.MapData
     # Validation sits before any shuffle so its index is the position in the split.
     validate = ValidateRecord(where, image_shape=digits.IMAGE_SHAPE, num_classes=len(digits.CLASS_NAMES))
     return grain.MapDataset.source(source).map_with_index(validate)
+
+
+def _example_fn(data_cfg: ml_collections.ConfigDict):
+    """record -> model inputs: ExampleTransform, or the fake dataset's generator of them."""
+    return fake.FakeExample if data_cfg.name == fake.NAME else ExampleTransform
 
 
 class _TrainExample(grain.transforms.RandomMap):
@@ -148,8 +166,8 @@ def make_train_iterator(data_cfg: ml_collections.ConfigDict, *, global_batch_siz
     ds = open_split(data_cfg, data_cfg.train_split)
     ds = ds.shuffle(seed=int(shuffle_seed)).repeat()  # repeat re-seeds the shuffle per epoch.
     # After repeat: the index is the stream position, so epochs augment differently.
-    example = ExampleTransform.from_config(data_cfg, tokenizer, train=True,
-                                           where=f"{data_cfg.name}/{data_cfg.train_split}")
+    example = _example_fn(data_cfg).from_config(data_cfg, tokenizer, train=True,
+                                                where=f"{data_cfg.name}/{data_cfg.train_split}")
     ds = ds.random_map(_TrainExample(example), seed=int(augment_seed))
     # Local batch j of the whole stream is rows [j*b, (j+1)*b); global batch t
     # is local batches t*S .. t*S+S-1, so shard k takes every S-th from k.
@@ -165,7 +183,7 @@ def make_eval_batches(data_cfg: ml_collections.ConfigDict, *, split: str, batch_
     last is zero-padded, and "mask" (bool [batch_size]) is True on real rows.
     Keys: the modalities' inputs, label, present, flags, and mask.
     """
-    example = ExampleTransform.from_config(data_cfg, tokenizer, train=False, where=f"{data_cfg.name}/{split}")
+    example = _example_fn(data_cfg).from_config(data_cfg, tokenizer, train=False, where=f"{data_cfg.name}/{split}")
     ds = open_split(data_cfg, split).map_with_index(_EvalExample(example, seed=0))
     ds = ds.batch(batch_size, drop_remainder=False)
     return [_pad_batch(batch, batch_size) for batch in ds.to_iter_dataset(_read_options(data_cfg))]

@@ -1,4 +1,5 @@
-"""Reading and validating records; image augmentation.
+"""Reading and validating records; image augmentation (shift, random resized crop) and caption
+augmentation (EDA-style word deletion and swap).
 
 Order in a pipeline: `RecordSource` (deserialise) -> `ValidateRecord` (before
 any shuffle, so the index it names, and stores as "_index", is the example's
@@ -120,3 +121,68 @@ def random_shift(image: np.ndarray, rng: np.random.Generator, max_shift: int, ba
     out[max(dy, 0): h + min(dy, 0), max(dx, 0): w + min(dx, 0)] = \
         image[max(-dy, 0): h - max(dy, 0), max(-dx, 0): w - max(dx, 0)]
     return out
+
+
+# torchvision's RandomResizedCrop default aspect-ratio range (w / h, log-uniform).
+CROP_RATIO = (3 / 4, 4 / 3)
+
+
+def random_resized_crop(image: np.ndarray, rng: np.random.Generator, scale: tuple[float, float],
+                        ratio: tuple[float, float] = CROP_RATIO, attempts: int = 10) -> np.ndarray:
+    """image [H, W, C]: a crop resized back to [H, W] (Inception / torchvision RandomResizedCrop).
+
+    The crop covers a fraction s ~ U(scale) of the area with aspect ratio w / h
+    log-uniform in `ratio`, at a uniform position; a draw that does not fit is
+    retried, and after `attempts` the whole image is kept (torchvision's centre
+    crop clamped to `ratio`, which for a square image is the whole image).
+    """
+    lo, hi = scale
+    if not 0.0 < lo <= hi <= 1.0:
+        raise ValueError(f"crop scale must satisfy 0 < min <= max <= 1, got {scale}")
+    h, w = image.shape[:2]
+    for _ in range(attempts):
+        area = h * w * rng.uniform(lo, hi)
+        aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1])))
+        cw, ch = int(round(np.sqrt(area * aspect))), int(round(np.sqrt(area / aspect)))
+        if 0 < cw <= w and 0 < ch <= h:
+            y0, x0 = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+            return resize_bilinear(image[y0:y0 + ch, x0:x0 + cw], h, w)
+    return image
+
+
+def resize_bilinear(image: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """image [h, w, C] -> [out_h, out_w, C], bilinear with half-pixel centres and clamped edges
+    (jax.image.resize's "linear" when enlarging); separable, as two small matrix products."""
+    rows, cols = _linear_weights(image.shape[0], out_h), _linear_weights(image.shape[1], out_w)
+    return np.einsum("yh,hwc,xw->yxc", rows, image, cols).astype(image.dtype)
+
+
+def _linear_weights(n_in: int, n_out: int) -> np.ndarray:
+    """[n_out, n_in] interpolation weights: output i samples input position (i + 0.5) n_in / n_out - 0.5."""
+    pos = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
+    left = np.floor(pos).astype(np.int64)
+    right, frac = np.minimum(left + 1, n_in - 1), pos - left
+    weights = np.zeros((n_out, n_in))
+    np.add.at(weights, (np.arange(n_out), left), 1.0 - frac)
+    np.add.at(weights, (np.arange(n_out), right), frac)
+    return weights
+
+
+def random_word_edit(text: str, rng: np.random.Generator, delete_prob: float, swap_prob: float) -> str:
+    """EDA's random deletion and random swap (Wei & Zou 2019) on whitespace-separated words.
+
+    Deletion drops each word with probability `delete_prob`, keeping one random
+    word if all would go (as EDA does). Swap exchanges two random positions
+    Binomial(words, swap_prob) times: EDA's alpha * length swaps in expectation,
+    and none for alpha = 0 (EDA's max(1, .) would always swap at least once).
+    EDA's synonym replacement and insertion need a thesaurus and are left out.
+    """
+    words = text.split()
+    if delete_prob and words:
+        kept = [word for word, keep in zip(words, rng.random(len(words)) >= delete_prob) if keep]
+        words = kept or [words[rng.integers(len(words))]]
+    if swap_prob and len(words) > 1:
+        for _ in range(rng.binomial(len(words), swap_prob)):
+            i, j = rng.choice(len(words), size=2, replace=False)
+            words[i], words[j] = words[j], words[i]
+    return " ".join(words)

@@ -2,13 +2,15 @@
 
 Flow: `build_prompts` -> text tower -> reshape to [C, T, D] -> `prompt_ensemble`
 -> `zeroshot_metrics` against the (normalised) embeddings of the eval examples.
+`fused_zeroshot_metrics` does the same for the late fusion of a subset of each
+example's modalities (missing modalities at test time).
 Ranking and its tie rule are those of `mmjax.evals.retrieval.topk_hits`: a class
 tied with the true one shares the top-k credit, so a collapsed model scores
 exactly chance (k / C), never a flattering 1.0.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -88,3 +90,45 @@ def zeroshot_metrics(
     positive = scores[np.arange(len(labels)), labels]
     hits = topk_hits(scores, positive, topk).mean(axis=0)
     return {f"zeroshot_top{k}": float(h) for k, h in zip(topk, hits)}
+
+
+def fuse_embeddings(embeddings: Sequence) -> np.ndarray:
+    """Late fusion of one example's modalities: [M] of [N, D] -> [N, D] normalised.
+
+    Each modality is L2-normalised before the mean, so every available
+    modality gets one equal vote on direction whatever its norm; the mean is
+    re-normalised so fused and single-modality embeddings score on one scale.
+    """
+    if not embeddings:
+        raise ValueError("fuse_embeddings needs at least one modality's embeddings")
+    z = np.stack([as_embedding_matrix(e, "embeddings") for e in embeddings])  # [M, N, D]
+    z = z / np.maximum(np.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
+    mean = z.mean(axis=0)
+    return mean / np.maximum(np.linalg.norm(mean, axis=-1, keepdims=True), 1e-12)
+
+
+def fused_zeroshot_metrics(
+    embeddings: Mapping[str, np.ndarray],
+    modalities: Sequence[str],
+    labels,
+    class_embeddings,
+    mask=None,
+    topk: Sequence[int] = (1, 5),
+) -> dict[str, float]:
+    """Zero-shot accuracy when only `modalities` of each example are available.
+
+    The example is represented by `fuse_embeddings` of its available
+    modalities' embeddings (e.g. image + audio, or audio alone) and classified
+    against `class_embeddings` as in `zeroshot_metrics`; this is the test-time
+    task for missing modalities.
+
+    Args:
+      embeddings: {modality: [N, D]} embeddings of the same N examples.
+      modalities: the available subset (non-empty, each a key of `embeddings`).
+      labels, class_embeddings, mask, topk: as in `zeroshot_metrics`.
+    """
+    unknown = [m for m in modalities if m not in embeddings]
+    if unknown:
+        raise ValueError(f"modalities {unknown} have no embeddings; available: {sorted(embeddings)}")
+    fused = fuse_embeddings([embeddings[m] for m in modalities])
+    return zeroshot_metrics(fused, labels, class_embeddings, mask=mask, topk=topk)

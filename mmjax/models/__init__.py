@@ -2,11 +2,15 @@
 
 "contrastive" (default): towers + projections into one embedding space
 (mmjax.models.towers); "mae": a masked autoencoder over one modality
-(mmjax.models.mae).
+(mmjax.models.mae); "data2vec": the same, regressing an EMA teacher's
+features (mmjax.teacher); "simmim": mask tokens inside a ViT, L1 on pixels
+(mmjax.models.simmim); "multimae": one encoder over several modalities'
+patches with Dirichlet token budgets (mmjax.models.multimae).
 """
-from mmjax.models import mae, towers
+from mmjax.models import mae, multimae, simmim, towers
 
-MODELS = {"contrastive": towers.build_contrastive_model, "mae": mae.build_mae}
+MODELS = {"contrastive": towers.build_contrastive_model, "mae": mae.build_mae, "data2vec": mae.build_data2vec,
+          "simmim": simmim.build_simmim, "multimae": multimae.build_multimae}
 
 
 def build_model(model_cfg, tokenizer=None):

@@ -1,4 +1,5 @@
-"""Masked autoencoders over one modality's tokens: MAE, AudioMAE, Point-MAE.
+"""Masked autoencoders over one modality's tokens: MAE, AudioMAE, Point-MAE,
+and masked feature prediction against an EMA teacher (data2vec 2.0 style).
 
 The encoder (a tower with a `keep_idx` argument) sees only the visible
 tokens; a lightweight decoder puts mask tokens back at the hidden positions,
@@ -7,6 +8,12 @@ adds its own position embedding, and predicts every token's content: pixels
 K points of each group relative to its centre (Point-MAE, Pang et al. 2022,
 scored with Chamfer-L2). The loss (objective "mae") is taken on the hidden
 tokens only.
+
+With target="features" (model kind "data2vec") the decoder instead predicts
+the D-dim features that an EMA copy of the encoder (the teacher, see
+mmjax.teacher) computes from the *unmasked* input; the model then returns no
+"target" and the trainer fills it in from the teacher before the objective
+("masked_feature") runs.
 
 Masking randomness comes from the "masking" rng stream, which the trainer
 derives from fold_in(seed, step), so a resumed run masks identically.
@@ -24,6 +31,36 @@ from mmjax.objectives import masked, masking
 
 PATCH_FIELDS = {"vit": ("patch_size", "patch_size"), "audio": ("patch_time", "patch_freq")}
 KINDS = (*PATCH_FIELDS, "points")
+TARGETS = ("pixels", "features")
+MASKINGS = ("random", "block", "cell")
+
+
+def patches_of(x, patch: tuple[int, int]):
+    """An image [B, H, W, C] or spectrogram [B, T, F] as patches [B, N, P] (float32) and its grid."""
+    if x.ndim == 3:  # spectrogram: one channel
+        x = x[..., None]
+    grid = (x.shape[1] // patch[0], x.shape[2] // patch[1])
+    return masked.patchify(x.astype(jnp.float32), patch), grid
+
+
+def patch_validity(frame_mask, grid: tuple[int, int]):
+    """Valid frames [B, T] -> valid spectrogram patches [B, Tp*Fp] (time-major), as the audio tower:
+    a patch is valid if any of its frames is."""
+    valid = frame_mask.reshape(frame_mask.shape[0], grid[0], -1).any(axis=-1)  # [B, Tp]
+    return jnp.repeat(valid, grid[1], axis=1)
+
+
+def sample_mask(rng, kind: str, batch: int, grid: tuple[int, int], num_keep: int,
+                cell: tuple[int, int] = (1, 1)) -> masking.MaskInfo:
+    """A mask over a (H, W) token grid by name: "random" (MAE), "block" (BEiT
+    blocks) or "cell" (SimMIM's aligned cells of `cell` tokens)."""
+    if kind == "random":
+        return masking.random_mask(rng, batch, grid[0] * grid[1], num_keep)
+    if kind == "block":
+        return masking.block_mask(rng, batch, grid, num_keep)
+    if kind == "cell":
+        return masking.cell_mask(rng, batch, grid, num_keep, tuple(cell))
+    raise ValueError(f"unknown masking {kind!r}; valid: {list(MASKINGS)}")
 
 
 class MaskedAutoencoder(nn.Module):
@@ -34,6 +71,7 @@ class MaskedAutoencoder(nn.Module):
     decoder_depth: int = 2
     decoder_heads: int = 4
     decoder_mlp_dim: int = 256
+    target: str = "pixels"  # "pixels" (the input's patches / point groups) | "features" (an EMA teacher's)
     dtype: str = "float32"
     param_dtype: str = "float32"
 
@@ -42,6 +80,8 @@ class MaskedAutoencoder(nn.Module):
         if kind not in KINDS:
             raise ValueError(f"masked autoencoding needs one of the towers {list(KINDS)}; "
                              f"model.encoder.encoder={kind!r}")
+        if self.target not in TARGETS:
+            raise ValueError(f"unknown masked-model target {self.target!r}; valid: {list(TARGETS)}")
         self.tower = build_encoder(self.modality, self.encoder, self.dtype, self.param_dtype)
         kw = dict(dtype=to_dtype(self.dtype), param_dtype=to_dtype(self.param_dtype))
         if kind == "points":
@@ -52,21 +92,32 @@ class MaskedAutoencoder(nn.Module):
         else:
             self.patch = tuple(self.encoder[f] for f in PATCH_FIELDS[kind])
             out_dim = self.patch[0] * self.patch[1] * self._channels()
+        if self.needs_teacher:
+            out_dim = self.encoder["width"]  # the teacher's feature width
         self.decoder_embed = nn.Dense(self.decoder_width, **kw, name="decoder_embed")
         self.mask_token = self.param("mask_token", nn.initializers.normal(0.02), (self.decoder_width,),
                                      to_dtype(self.param_dtype))
         self.decoder = Encoder(self.decoder_depth, self.decoder_heads, self.decoder_mlp_dim, **kw, name="decoder")
         self.decoder_pred = nn.Dense(out_dim, **kw, name="decoder_pred")
 
+    @property
+    def needs_teacher(self) -> bool:
+        """Whether the trainer must keep an EMA teacher (state["teacher"]) for this model."""
+        return self.target == "features"
+
+    @nn.nowrap  # plain Python on the unbound model, outside any apply
+    def teacher_params(self, params):
+        """The part of `params` the teacher mirrors: the encoder's (not the decoder's)."""
+        return params[f"{self.modality}_encoder"]  # as build_encoder names the tower
+
+    @nn.nowrap
+    def teacher_encoder(self) -> nn.Module:
+        """The teacher's forward, applied with teacher_params: the student's encoder as a
+        standalone module, called on the whole unmasked input (batch[modality], its mask)."""
+        return build_encoder(self.modality, self.encoder, self.dtype, self.param_dtype)
+
     def _channels(self) -> int:
         return 1 if self.encoder["encoder"] == "audio" else self.encoder.get("channels", 1)
-
-    def _patches(self, x):
-        """The reconstruction target [B, N, P] and the patch grid."""
-        if x.ndim == 3:  # spectrogram [B, T, F]
-            x = x[..., None]
-        grid = (x.shape[1] // self.patch[0], x.shape[2] // self.patch[1])
-        return masked.patchify(x.astype(jnp.float32), self.patch), grid
 
     def embed(self, x, modality: str, mask=None):
         """Frozen-encoder features for probes: mean of all patch tokens (no masking)."""
@@ -81,7 +132,7 @@ class MaskedAutoencoder(nn.Module):
         if points:
             n = self.encoder["num_groups"]
         else:
-            target, grid = self._patches(x)
+            target, grid = patches_of(x, self.patch)
             n = target.shape[1]
         info = masking.random_mask(self.make_rng("masking"), b, n, masking.num_keep_for(n, self.mask_ratio))
         out = self.tower(x, frame_mask, keep_idx=info.keep_idx)
@@ -90,24 +141,30 @@ class MaskedAutoencoder(nn.Module):
             y = y + self.decoder_pos(out["centres"].astype(y.dtype))
         else:  # the decoder's own fixed 2-D sincos position embedding, as MAE's
             y = y + jnp.asarray(posemb_sincos_2d(*grid, self.decoder_width), y.dtype)[None]
-        pred = self.decoder_pred(self.decoder(y))  # [B, N, P]
+        pred = self.decoder_pred(self.decoder(y))  # [B, N, P] (or [B, N, D] features)
         loss_mask = info.mask
         if frame_mask is not None:  # padding patches of short clips are not reconstructed
-            valid = frame_mask.reshape(b, grid[0], -1).any(axis=-1)
-            loss_mask = loss_mask & jnp.repeat(valid, grid[1], axis=1)
+            loss_mask = loss_mask & patch_validity(frame_mask, grid)
         present = batch.get("present", {}).get(m)
         if present is not None:
             loss_mask = loss_mask & present[:, None]
+        if self.needs_teacher:  # the trainer adds "target" from the teacher
+            return {"masked": {m: {"pred": pred, "mask": loss_mask}}}
         if points:  # K points per group, relative to the group's centre, scored by Chamfer-L2
             target = out["neighbourhoods"].astype(jnp.float32)
             pred = pred.reshape(target.shape)
         return {"masked": {m: {"pred": pred, "target": target, "mask": loss_mask}}}
 
 
-def build_mae(model_cfg, tokenizer=None) -> MaskedAutoencoder:
+def build_mae(model_cfg, tokenizer=None, target: str = "pixels") -> MaskedAutoencoder:
     del tokenizer  # no text tower
     return MaskedAutoencoder(
         modality=model_cfg.modality, encoder=dict(model_cfg.encoder), mask_ratio=model_cfg.mask_ratio,
         decoder_width=model_cfg.decoder.width, decoder_depth=model_cfg.decoder.depth,
         decoder_heads=model_cfg.decoder.num_heads, decoder_mlp_dim=model_cfg.decoder.mlp_dim,
-        dtype=model_cfg.dtype, param_dtype=model_cfg.param_dtype)
+        target=target, dtype=model_cfg.dtype, param_dtype=model_cfg.param_dtype)
+
+
+def build_data2vec(model_cfg, tokenizer=None) -> MaskedAutoencoder:
+    """Masked feature prediction: the MAE above regressing its EMA teacher's features."""
+    return build_mae(model_cfg, tokenizer, target="features")

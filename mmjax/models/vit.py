@@ -28,8 +28,14 @@ class ViT(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, image, mask=None, keep_idx=None):  # mask: unused, every patch is valid
-        """keep_idx: optional [B, K] patch indices to encode (masked modelling)."""
+    def __call__(self, image, mask=None, keep_idx=None, token_mask=None):  # mask: unused, every patch is valid
+        """keep_idx: optional [B, K] patch indices to encode (MAE-style masked modelling).
+
+        token_mask: optional bool [B, N], True where a patch's embedding is
+        replaced by a learned mask token before the position embedding, so
+        every token still goes through the encoder (SimMIM, data2vec). The
+        "mask_token" param exists only in models that pass token_mask.
+        """
         del mask
         b, h, w, _ = image.shape
         p = self.patch_size
@@ -39,5 +45,8 @@ class ViT(nn.Module):
                     param_dtype=self.param_dtype, name="patch_embed")(image.astype(self.dtype))
         grid = (h // p, w // p)
         x = x.reshape(b, grid[0] * grid[1], self.width)
+        if token_mask is not None:
+            token = self.param("mask_token", nn.initializers.normal(0.02), (self.width,), self.param_dtype)
+            x = jnp.where(token_mask[..., None], token.astype(x.dtype), x)
         x = AddPositionEmbedding(self.posemb, grid, self.param_dtype, name="posemb")(x)
         return encode_and_pool(self, x, keep_idx=keep_idx)

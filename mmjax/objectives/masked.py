@@ -18,6 +18,9 @@ masked a loss is 0, not NaN.
   average_layer_targets        average of normalised top layers
   ema_update, ema_schedule     the EMA teacher of data2vec / BYOL-style methods
 
+Objectives over outputs["masked"][m] = {pred, target, mask}, summed over m:
+"mae" (MAE, AudioMAE, Point-MAE, MultiMAE), "simmim" and "masked_feature".
+
 On the EMA teacher: an optax GradientTransformation maps gradients to
 updates and sees the *pre-update* params, while a teacher is a second param
 tree updated from the *post-update* student and read by the forward pass.
@@ -280,16 +283,55 @@ def mae_objective(outputs: Mapping[str, Any], batch: Mapping[str, Any], cfg) -> 
     cfg.weights {m: w} (default 1).
     """
     del batch  # the model already folded presence and padding into each mask
+
+    def loss_fn(out):
+        if out["pred"].ndim == 4:  # point groups
+            return chamfer_l2(out["pred"], out["target"], out["mask"])
+        return mae_loss(out["pred"], out["target"], out["mask"], norm_pix=cfg.get("norm_pix", False))
+
+    return _sum_over_modalities(outputs, cfg, loss_fn, "recon_loss")
+
+
+def simmim_objective(outputs: Mapping[str, Any], batch: Mapping[str, Any], cfg) -> tuple[jax.Array, Metrics]:
+    """Objective "simmim": `simmim_loss` (L1 on masked pixels) per modality, summed.
+
+    outputs["masked"][m] = {"pred", "target": images [B, H, W, C], "mask":
+    bool [B, H, W] masked pixels} (see mmjax.models.simmim); cfg.weights {m: w}.
+    """
+    del batch
+    loss_fn = lambda out: simmim_loss(out["pred"], out["target"], out["mask"])
+    return _sum_over_modalities(outputs, cfg, loss_fn, "recon_l1")
+
+
+def masked_feature_objective(outputs: Mapping[str, Any], batch: Mapping[str, Any], cfg) -> tuple[jax.Array, Metrics]:
+    """Objective "masked_feature": regress teacher features at masked tokens (data2vec, EVA).
+
+    outputs["masked"][m] = {"pred": [B, N, D], "target": the teacher's
+    features [B, N, D] (filled in by mmjax.teacher), "mask": bool [B, N]}.
+    cfg: loss ("l2" | "smooth_l1" | "cosine"), beta, weights; the targets
+    arrive normalised (`average_layer_targets`), so none is applied here.
+    """
+    del batch
+    loss_fn = lambda out: feature_regression_loss(out["pred"], out["target"], out["mask"],
+                                                  kind=cfg.get("loss", "l2"), beta=cfg.get("beta", 1.0))
+    return _sum_over_modalities(outputs, cfg, loss_fn, "feature_loss")
+
+
+def _sum_over_modalities(outputs, cfg, loss_fn, name: str) -> tuple[jax.Array, Metrics]:
+    """sum_m cfg.weights[m] * loss_fn(outputs["masked"][m]), metrics "<m>/<name>" and "<m>/<extra>".
+
+    Multimodal models (MultiMAE) also return outputs["kept"][m], the int [B]
+    visible tokens per example, logged as its mean "<m>/kept".
+    """
     weights = dict(cfg.get("weights", {}) or {})
     total, metrics = jnp.zeros((), jnp.float32), {}
     for m, out in outputs["masked"].items():
-        if out["pred"].ndim == 4:  # point groups
-            loss, extra = chamfer_l2(out["pred"], out["target"], out["mask"])
-        else:
-            loss, extra = mae_loss(out["pred"], out["target"], out["mask"], norm_pix=cfg.get("norm_pix", False))
+        loss, extra = loss_fn(out)
         total = total + weights.get(m, 1.0) * loss
-        metrics |= {f"{m}/recon_loss": loss, **{f"{m}/{k}": v for k, v in extra.items()}}
+        metrics |= {f"{m}/{name}": loss, **{f"{m}/{k}": v for k, v in extra.items()}}
+    for m, kept in outputs.get("kept", {}).items():
+        metrics[f"{m}/kept"] = jnp.mean(kept.astype(jnp.float32))
     return total, metrics
 
 
-OBJECTIVES = {"mae": mae_objective}
+OBJECTIVES = {"mae": mae_objective, "simmim": simmim_objective, "masked_feature": masked_feature_objective}

@@ -1,0 +1,1 @@
+"""torchvision.ops (benchmark shim)."""

@@ -1,0 +1,37 @@
+"""SimMIM (Xie et al., 2022) on the embedded MNIST digits, evaluated by frozen-feature probes.
+
+    python -m mmjax.main --config configs/simmim_digits.py --workdir workdirs/simmim
+
+The ViT of configs/mae_digits.py (4x4-pixel patches, 7x7 tokens) sees every
+patch, with the masked ones' embeddings replaced by a learned mask token; a
+linear head predicts each patch's 16 pixels and the loss is L1 on the masked
+pixels only. 60% of the patches are hidden (SimMIM's ratio) in BEiT-style
+blocks by default (the 7x7 grid has no aligned cells larger than one token,
+so SimMIM's own cell generator is random masking here). Probes as MAE's.
+
+Variants (`configs/simmim_digits.py:mask=0.4,masking=random,model=tiny`):
+  mask     masking ratio (default 0.6)
+  masking  block (default) | random
+  model    tiny (tests) | small (default)
+  steps    total train steps
+"""
+import ml_collections
+
+from configs import mae_digits
+from mmjax.config_utils import parse_variant
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    v = parse_variant(arg, {"mask": 0.6, "masking": "block", "model": "small", "steps": 0},
+                      choices={"masking": ("block", "random"), "model": tuple(mae_digits.MODELS)})
+    c = mae_digits.get_config(f"mask={v.mask},model={v.model},steps={v.steps}")
+    with c.unlocked():
+        c.model = ml_collections.ConfigDict({
+            "kind": "simmim", "modality": "image", "mask_ratio": v.mask, "masking": v.masking,
+            "mask_cell": (1, 1), "channels": 1, "dtype": "float32", "param_dtype": "float32",
+            "encoder": dict(c.model.encoder)})
+        c.objective = ml_collections.ConfigDict({"name": "simmim", "weights": {}})
+        # SimMIM exempts its mask token from weight decay, as position embeddings.
+        c.optim.no_decay_regex = c.optim.no_decay_regex.replace(")$", "|mask_token)$")
+    c.lock()
+    return c

@@ -1,0 +1,49 @@
+"""Symile (Saporta et al. 2024) on AV-digits: one contrastive loss over image, audio and caption.
+
+A triple scores by the multilinear inner product sum_d x_d y_d z_d of the
+three embeddings, and each modality in turn picks its example's pair of the
+other two out of negatives: "n" (default) shuffles the other modalities' rows
+(O(B) candidates), "n_squared" takes every combination (B^2). Evaluated on the
+test split: zero-shot from image and audio to the text prompts, and retrieval
+audio->image, image->text, audio->text (pairwise cosines of the same embeddings).
+
+    python -m mmjax.main --config configs/symile_avdigits.py --workdir workdirs/symile
+
+With modality dropout (`drop` > 0, audio and text) an absent modality is not
+dropped from the loss: it takes a learned "missing" embedding, as in Symile's
+missing-data experiments (model.missing_embeddings).
+
+Variants (`configs/symile_avdigits.py:negatives=n_squared,drop=0.3,model=tiny`):
+  negatives  n (default) | n_squared
+  drop       modality dropout probability for audio and text (default 0)
+  model      tiny (tests) | small (default)
+  steps      total train steps
+"""
+import ml_collections
+
+from configs import bind_avdigits
+from mmjax.config_utils import parse_variant
+from mmjax.objectives.contrastive_variants import SYMILE_NEGATIVES
+
+MODALITIES = ("image", "audio", "text")
+DROPPED = ("audio", "text")
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    v = parse_variant(arg, {"negatives": "n", "drop": 0.0, "model": "small", "steps": 0},
+                      choices={"negatives": SYMILE_NEGATIVES, "model": tuple(bind_avdigits.MODELS)})
+    if not 0.0 <= v.drop < 1.0:
+        raise ValueError(f"config variant drop={v.drop}: expected a probability in [0, 1)")
+    c = bind_avdigits.get_config(f"model={v.model},steps={v.steps}")
+    with c.unlocked():
+        c.data.modalities = MODALITIES
+        del c.model.towers["points"]
+        for m in DROPPED:
+            c.data.drop_prob[m] = v.drop
+        c.model.missing_embeddings = DROPPED if v.drop else ()
+        c.objective = ml_collections.ConfigDict({"name": "symile", "modalities": MODALITIES,
+                                                 "negatives": v.negatives, "seed": 0})
+        c.eval.zeroshot_modalities = ("image", "audio")
+        c.eval.retrieval_pairs = ("audio:image", "image:text", "audio:text")
+    c.lock()
+    return c
