@@ -103,8 +103,11 @@ def main():
         ": audio and points are classified against the text prompts far above chance although neither ever saw "
         "a caption in training; their only route to text is through the image embedding." if held else
         ": emergent accuracy is not clearly above chance for every modality at this training length.")
-    setup = (f"`{CONFIG}` (small towers: width 128, depth 3, 128-d embeddings; batch 128), {STEPS if not args.smoke else SMOKE_STEPS} "
-             f"steps instead of 800 (warm-up {bind_overrides(0, args.smoke)['optim.warmup_steps']}), softmax "
+    c = common.load_config(bind_variant("anchor", 0.0, args.smoke))
+    tower = c.model.towers.audio
+    setup = (f"`{CONFIG}` (towers of width {tower.width}, depth {tower.depth}; {c.model.embed_dim}-d embeddings; "
+             f"batch {c.batch_size}), {c.total_steps} steps instead of 800 (warm-up "
+             f"{bind_overrides(0, args.smoke)['optim.warmup_steps']}), softmax "
              f"pair loss, {n} seed(s) per setting (mean ± half-range). Zero-shot: each test example's embedding "
              f"against the prompt-ensembled embeddings of the ten digit classes (chance {CHANCE}), "
              f"2,000 test examples.")
@@ -123,7 +126,7 @@ def main():
     ax.set_xticks(x, [f"{m} -> text" for m in MODALITIES])
     ax.set_ylabel("zero-shot top-1 (test)")
     ax.set_ylim(0, 1)
-    ax.set_title(f"Emergent zero-shot on AV-digits ({STEPS if not args.smoke else SMOKE_STEPS} steps, {n} seeds)")
+    ax.set_title(f"Emergent zero-shot on AV-digits ({c.total_steps} steps, {n} seeds)")
     ax.legend(fontsize=8, loc="lower right")
     out = common.results_dir(args)
     common.save_figure(fig, NAME, out)

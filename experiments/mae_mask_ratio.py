@@ -38,10 +38,14 @@ CLAIM = ("\"The ratio of 75% is good for both linear probing and fine-tuning\"; 
          "(ViT-L, ImageNet-1K, 800 epochs)")
 
 
+def run_variant(ratio: float, smoke: bool) -> str:
+    return f"{CONFIG}:mask={ratio},steps={SMOKE_STEPS if smoke else STEPS}" + (",model=tiny" if smoke else "")
+
+
 def run(args, ratio: float, seed: int) -> tuple[dict, dict]:
     """(final eval, untrained-encoder eval at step 0 or {}) of one run."""
     steps = SMOKE_STEPS if args.smoke else STEPS
-    variant = f"{CONFIG}:mask={ratio},steps={steps}" + (",model=tiny" if args.smoke else "")
+    variant = run_variant(ratio, args.smoke)
     overrides = {"seed": seed, "batch_size": BATCH, "eval.every_steps": 0, "optim.warmup_steps": max(1, steps // 10),
                  "checkpoint.every_steps": steps, "tensorboard": False,
                  # The untrained encoder does not depend on the ratio (masking is off in the probes):
@@ -84,7 +88,10 @@ def main():
         f"({steps * BATCH / 8000:.1f} epochs), {steps * BATCH / (800 * 256):.0%} of the default run's 204,800, "
         f"which reaches linear {FULL_RUN['linear_top1_image']} / kNN {FULL_RUN['knn_top1_image']} at 75% "
         f"(experiments/README.md): far from converged.")
-    setup = (f"`{CONFIG}` (ViT encoder width 128, depth 3, 4x4 patches; 1-block decoder of width 64), "
+    c = common.load_config(run_variant(RATIOS[0], args.smoke)).model
+    setup = (f"`{CONFIG}` (ViT encoder width {c.encoder.width}, depth {c.encoder.depth}, "
+             f"{c.encoder.patch_size}x{c.encoder.patch_size} patches; {c.decoder.depth}-block decoder of width "
+             f"{c.decoder.width}), "
              f"{steps} steps x batch {BATCH} (warm-up {max(1, steps // 10)}), {len(seeds)} seed(s) per ratio "
              f"(mean ± half-range). Probes fit on the 8,000 training digits' frozen features, scored on the 2,000 "
              f"test digits.")

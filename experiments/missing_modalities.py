@@ -145,11 +145,11 @@ def main():
         ax.bar(x + offset, [mean[key][s] for s in SUBSETS], width, color=color, label=label(*key),
                yerr=[common.mean_spread(acc[key][s])[1] for s in SUBSETS], capsize=2)
     ax.axhline(CHANCE, color="gray", ls="--", lw=1, label="chance")
-    ax.set_xticks(x, ["+".join(s) for s in SUBSETS], rotation=20)
+    ax.set_xticks(x, ["+".join(s) for s in SUBSETS], rotation=20, ha="right")
     ax.set_ylabel("fused zero-shot top-1 (test)")
     ax.set_ylim(0, 1)
     ax.set_title(f"AV-digits: modalities available at test time ({n} seeds)")
-    ax.legend(fontsize=8, loc="lower left")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     out = common.results_dir(args)
     common.save_figure(fig, NAME, out)
     common.write_result(NAME, "Missing modalities at test time, with and without modality dropout (ModDrop)", [

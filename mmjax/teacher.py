@@ -3,10 +3,11 @@
 A model that regresses teacher features declares `needs_teacher`, which part
 of its params the teacher mirrors (`teacher_params(params)`: its encoder's,
 not the decoder's) and the module the teacher runs with them on the whole,
-unmasked `batch[model.modality]` (`teacher_encoder()`, the same encoder). The trainer then keeps that copy as
-state["teacher"]: initialised from the student, never differentiated or
-seen by the optimiser, checkpointed with the rest of the state (so a resume
-is exact), and after every optimiser step moved towards the new student:
+unmasked `batch[model.modality]` (`teacher_encoder()`, the same encoder).
+The trainer keeps that copy as state["teacher"]: initialised from the
+student, never differentiated or seen by the optimiser, checkpointed with
+the rest of the state (so a resume is exact), and after every optimiser step
+moved towards the new student:
 
     teacher <- d * teacher + (1 - d) * student,   d = ema_schedule(step)
 

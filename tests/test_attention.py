@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmjax.models.layers import dot_product_attention
+from mmjax.models.layers import _padded_attention, dot_product_attention
 
 
 def _reference(q, k, v, mask):
@@ -30,6 +30,22 @@ def test_matches_reference_with_flax_padding_and_causal_masks():
     np.testing.assert_allclose(out, nn.dot_product_attention(q, k, v, mask=mask), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(dot_product_attention(q, k, v), _reference(q, k, v, np.ones((1, 1, n, n))),
                                rtol=1e-5, atol=1e-5)
+
+
+def test_padded_attention_for_cudnn_matches_unpadded():
+    # The GPU path pads odd lengths (ViT-B/16: 197, CLIP text: 77) for cuDNN; its
+    # padding logic is checked here through the XLA implementation on CPU.
+    rng = np.random.default_rng(2)
+    b, n, h, d = 2, 5, 2, 8
+    q, k, v = (rng.standard_normal((b, n, h, d)).astype(np.float32) for _ in range(3))
+    valid = np.arange(n)[None, :] < np.array([[3], [5]])
+    # Padding masked as keys, as the towers do: every query row keeps a valid key.
+    mask = nn.combine_masks(nn.make_attention_mask(np.ones_like(valid), valid), nn.make_causal_mask(valid))
+    for m in (None, mask.astype(bool)):
+        ref = _reference(q, k, v, np.ones((1, 1, n, n)) if m is None else m)
+        out = jax.jit(_padded_attention, static_argnums=(4,))(q, k, v, m, "xla")
+        assert out.shape == (b, n, h, d)
+        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
 
 
 def test_bfloat16_softmax_is_taken_in_float32():

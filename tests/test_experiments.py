@@ -53,3 +53,17 @@ def test_symile_learns_xor_and_pairwise_clip_cannot():
     from experiments import symile_xor
     assert symile_xor.run("Symile", 1.0, seed=0, epochs=5) > 0.9
     assert abs(symile_xor.run("CLIP (pairwise)", 1.0, seed=0, epochs=5) - 1 / 32) < 0.02
+
+
+def test_load_config_applies_overrides_as_the_command_line_does():
+    # missing_modalities rebuilds a run's model from this config to restore its checkpoint: a
+    # one-element tuple, a bool or a variant lost on the way would restore a different model.
+    from experiments import common
+    c = common.load_config("configs/bind_avdigits.py:mode=all_pairs,drop=0.5,steps=7,model=tiny",
+                           {"seed": 3, "optim.warmup_steps": 2, "eval.retrieval_pairs": ("audio:image",),
+                            "tensorboard": False})
+    assert (c.objective.mode, c.total_steps, c.seed, c.optim.warmup_steps, c.batch_size) == ("all_pairs", 7, 3, 2, 32)
+    assert c.eval.retrieval_pairs == ("audio:image",) and c.tensorboard is False
+    assert (c.data.drop_prob.audio, c.data.drop_prob.text, c.data.drop_prob.image) == (0.5, 0.5, 0.0)
+    with pytest.raises(ValueError, match="did you mean 'warmup_steps'"):
+        common.load_config("configs/bind_avdigits.py", {"optim.warmup_step": 2})

@@ -24,8 +24,10 @@ An example is what `mmjax.data.modalities.ExampleTransform` outputs:
 plus `<m>_view2` for the modalities of data.second_view in training.
 
 Record i of split s is a pure function of (data.fake.seed, s, i): it is the
-same in every epoch and every evaluation, and train and test differ. Sizes
-come from `data.fake` (`fake_config`), which a config may leave out.
+same in every epoch and every evaluation, and the splits differ. The splits
+are the config's data.train_split and data.eval_split; their sizes and the
+image shape come from `data.fake` (`fake_config`), which a config may leave
+out (then 28x28x1 images, the digits' shape).
 """
 from __future__ import annotations
 
@@ -42,7 +44,6 @@ from mmjax.objectives.contrastive_variants import VIEW2_SUFFIX
 
 NAME = "fake"
 MODALITIES = ("image", "audio", "points", "text")
-SPLITS = ("train", "test")
 # Caption words: class names, so that captions and zero-shot prompts share a vocabulary.
 WORDS = digits.CLASS_NAMES
 
@@ -59,11 +60,28 @@ def _options(data_cfg) -> ml_collections.ConfigDict:
 
 
 def open_split(data_cfg, split: str) -> grain.MapDataset:
-    """Records {"_index", "_split"} of `split`; `FakeExample` makes each one's content."""
-    sizes = {"train": _options(data_cfg).train_examples, "test": _options(data_cfg).eval_examples}
+    """Records {"_index", "_split"} of `split` (data.train_split or data.eval_split, whatever their
+    names); `FakeExample` makes each one's content."""
+    opts = _options(data_cfg)
+    sizes = {data_cfg.train_split: opts.train_examples, data_cfg.eval_split: opts.eval_examples}
     if split not in sizes:
         raise ValueError(f"{NAME} has no split {split!r}; valid splits: {sorted(sizes)}")
     return grain.MapDataset.range(sizes[split]).map(lambda i: {"_index": int(i), "_split": split})
+
+
+def input_shapes(data_cfg) -> dict:
+    """(shape, dtype) of one example's model inputs: what FakeExample makes for data_cfg (and the
+    real pipeline for its modalities), e.g. for sizing a model without any data."""
+    out = {"label": ((), np.int32)}
+    shapes = {"image": {"image": (tuple(_options(data_cfg).image_shape), np.float32)},
+              "text": {"text": ((data_cfg.text_len,), np.int32)},
+              "audio": {"audio": ((data_cfg.audio.num_frames, data_cfg.audio.logmel.n_mels), np.float32),
+                        "audio_mask": ((data_cfg.audio.num_frames,), np.bool_)},
+              "points": {"points": ((data_cfg.points.num_points, 3), np.float32)}}
+    for m in data_cfg.modalities:
+        out |= shapes[m]
+    out["present"] = {m: ((), np.bool_) for m in data_cfg.modalities}
+    return out
 
 
 @dataclasses.dataclass

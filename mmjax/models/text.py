@@ -43,7 +43,9 @@ class TextTransformer(nn.Module):
         x = nn.Embed(self.vocab_size, self.width, embedding_init=nn.initializers.normal(0.02),
                      dtype=self.dtype, param_dtype=self.param_dtype, name="token_embed")(text)
         x = AddPositionEmbedding(self.posemb, (text.shape[1],), self.param_dtype, name="posemb")(x)
-        mask = nn.make_attention_mask(valid, valid)  # [B, 1, L, L]
+        # [B, 1, L, L]: padding is masked as a key only (as in encode_and_pool), so every
+        # query keeps a valid key; a row with none has no well-defined softmax.
+        mask = nn.make_attention_mask(jnp.ones_like(valid), valid)
         if self.causal:
             mask = nn.combine_masks(mask, nn.make_causal_mask(text))
         x = Encoder(self.depth, self.num_heads, self.mlp_dim, self.scan, self.remat, self.dtype,

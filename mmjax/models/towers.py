@@ -89,6 +89,15 @@ def token_validity(encoder: nn.Module, x, mask, num_tokens: int) -> jax.Array:
     return jnp.ones((b, num_tokens), bool)
 
 
+def _merge_views(views: list) -> jax.Array:  # V arrays [B, ...] -> [B * V, ...], an example's views adjacent
+    x = jnp.stack(views, axis=1)
+    return x.reshape(-1, *x.shape[2:])
+
+
+def _split_view(x, num_views: int, i: int) -> jax.Array:  # inverse of _merge_views, view i
+    return x.reshape(-1, num_views, *x.shape[1:])[:, i]
+
+
 class ReferenceTower(nn.Module):
     """A second, frozen tower + projection of one modality: CWCL's reference.
 
@@ -171,11 +180,17 @@ class ContrastiveModel(nn.Module):
     def __call__(self, batch: Mapping[str, Any]):
         embeddings, tokens, token_masks = {}, {}, {}
         for m in self.towers:
-            for key in (m, m + VIEW2_SUFFIX):  # a modality absent from the batch is simply not encoded
-                if key in batch:
-                    x, mask = batch[key], batch.get(f"{key}_mask")
-                    embeddings[key], tokens[key] = self.embed(x, m, mask)
-                    token_masks[key] = token_validity(self.encoders[m], x, mask, tokens[key].shape[1])
+            views = [k for k in (m, m + VIEW2_SUFFIX) if k in batch]  # an absent modality is not encoded
+            if not views:
+                continue
+            # Every view of m in one tower call, as [B, V, ...] -> [B * V, ...]: one compiled tower,
+            # and under data sharding each device keeps its own examples' views (no resharding).
+            masks = [batch.get(f"{k}_mask") for k in views]
+            x, mask = _merge_views([batch[k] for k in views]), None if masks[0] is None else _merge_views(masks)
+            z, t = self.embed(x, m, mask)
+            valid = token_validity(self.encoders[m], x, mask, t.shape[1])
+            for i, k in enumerate(views):
+                embeddings[k], tokens[k], token_masks[k] = (_split_view(a, len(views), i) for a in (z, t, valid))
         scale = jnp.minimum(jnp.exp(self.log_logit_scale), self.max_logit_scale)
         out = {"embeddings": embeddings, "tokens": tokens, "token_masks": token_masks, "logit_scale": scale,
                "logit_bias": self.logit_bias}

@@ -1,0 +1,64 @@
+"""CLIP ViT-B/16 on LAION-400M at OpenCLIP's scale (Radford et al. 2021; Cherti et al. 2023).
+
+    python -m mmjax.main --config configs/pod/clip_vitb16.py --workdir gs://.../clip_vitb16
+    python -m mmjax.main --config configs/pod/clip_vitb16.py:data=fake,size=tiny --workdir /tmp/clip  # CPU
+
+Published targets, ImageNet-1k zero-shot top-1 of ViT-B/16 at 224 px:
+  67.07 OpenCLIP on LAION-400M, 32 epochs (open_clip docs/PRETRAINED.md; 67.1 in its README)
+  68.3  OpenAI CLIP on its private WIT-400M, as OpenCLIP measures it (68.6 in the CLIP paper)
+The number needs ImageNet's 1000 class names and CLIP's 80 prompt templates, which the
+evaluation suite does not have (its prompts are the digits'); the in-training evaluation here
+is image<->text retrieval R@K on the held-out split.
+
+Recipe (CLIP paper, Tables 19-20, as open_clip's defaults reproduce it; the tables themselves
+were not in the searchable corpus, open_clip's PRETRAINED.md and README were):
+  image     ViT-B/16: width 768, 12 layers, 12 heads, MLP 3072, [CLS] pooling, learned positions
+  text      width 512, 12 layers, 8 heads, MLP 2048, causal, context 77, CLIP's BPE (49,408 ids),
+            end-of-text pooling: the "63M-parameter" text transformer of the paper
+  embedding 512; learned temperature from 1/0.07, capped at 100
+  optimiser AdamW b1 0.9, b2 0.98, eps 1e-6, weight decay 0.2 (not on gains, biases, embeddings,
+            the temperature); lr 5e-4, 2,000 warm-up steps, cosine
+  batch     32,768 (CLIP; OpenCLIP's B/16 run used 33,792 = 176 GPUs x 192), 32 epochs of
+            400M pairs = 12.8B samples seen
+Gradient accumulation: `--config.accumulation.steps=k` fits the same global batch on k times
+fewer devices and is exact for the contrastive loss (GradCache, mmjax.accumulate).
+
+Data: LAION-400M as ArrayRecord image-caption records under data.data_dir (`laion400m`), which
+mmjax.data.pipeline cannot read yet: with data=real the run stops at start-up listing the
+readable datasets. data=fake runs the rest at these shapes, with the embedded BPE vocabulary
+(598 ids) because OpenAI's bpe_simple_vocab_16e6.txt.gz is not shipped: the text tower then has
+24.99M fewer embedding parameters than the real one. tools/plan.py sizes the real vocabulary.
+"""
+import ml_collections
+
+from configs import clip_digits
+from configs.pod import common
+
+LAION400M_PAIRS = 400_000_000
+BATCH = 32_768
+EPOCHS = 32
+OPENAI_BPE = "bpe_simple_vocab_16e6.txt.gz"
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    v = common.parse(arg)
+    c = clip_digits.get_config("loss=softmax")
+    with c.unlocked():
+        c.batch_size = BATCH
+        c.total_steps = common.steps(EPOCHS, LAION400M_PAIRS, BATCH)
+        c.data.name, c.data.train_split, c.data.eval_split = "laion400m", "train", "validation"
+        c.data.modalities = ("image", "text")
+        c.data.tokenizer, c.data.text_len = "bpe", 77
+        c.data.tokenizer_path = "" if v.data == "fake" else OPENAI_BPE
+        c.data.crop_scale, c.data.max_shift = (0.9, 1.0), 0  # open_clip's RandomResizedCrop scale
+        c.model.embed_dim = 512
+        c.model.towers.image.update(patch_size=16, width=768, depth=12, num_heads=12, mlp_dim=3072, pool="tok")
+        c.model.towers.text.update(width=512, depth=12, num_heads=8, mlp_dim=2048)
+        c.optim.update(lr=5e-4, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.2, warmup_steps=2000, grad_clip_norm=0.0)
+        c.eval.batch_size, c.eval.every_steps = 1024, 10_000
+        c.eval.zeroshot_modalities, c.eval.aliases = (), {}
+        c.eval.retrieval_pairs = ("image:text", "text:image")
+        if v.size == "tiny":
+            c.model.embed_dim, c.data.text_len = 32, 16
+            c.model.towers.image.patch_size = 8
+    return common.finish(c, v, fsdp=4, remat="full", image_shape=(32, 32, 3) if v.size == "tiny" else (224, 224, 3))
