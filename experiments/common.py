@@ -45,7 +45,9 @@ def run_config(config: str, workdir: str, overrides: Mapping[str, Any] | None = 
     """Trains `config` (path[:variant]) with `--config.k=v` overrides; returns the final eval metrics.
 
     The returned dict holds the last `eval/*` values (prefix removed), the last
-    `train/*` values, and `wall_s` of this run (0 if it was already done).
+    `train/*` values, `wall_s` of this call (0 if the run was already done) and
+    `run_s`, the run's own wall time as recorded when it finished (None if unknown),
+    so a report regenerated from finished runs can still state what they cost.
     """
     if fresh and os.path.exists(workdir):
         shutil.rmtree(workdir)
@@ -58,9 +60,9 @@ def run_config(config: str, workdir: str, overrides: Mapping[str, Any] | None = 
         if proc.returncode:
             raise RuntimeError(f"run failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout[-3000:]}\n"
                                f"{proc.stderr[-3000:]}")
-        mark_finished(workdir)
+        mark_finished(workdir, time.time() - start)
         ran = True
-    result = {"wall_s": time.time() - start if ran else 0.0}
+    result = {"wall_s": time.time() - start if ran else 0.0, "run_s": recorded_wall_s(workdir)}
     for row in read_metrics(workdir):
         for k, v in row.items():
             if k.startswith("eval/"):
@@ -119,9 +121,16 @@ def _finished(workdir: str) -> bool:
     return os.path.exists(os.path.join(workdir, "FINISHED"))
 
 
-def mark_finished(workdir: str) -> None:
+def mark_finished(workdir: str, wall_s: float | None = None) -> None:
     with open(os.path.join(workdir, "FINISHED"), "w") as f:
-        f.write(time.strftime("%Y-%m-%d %H:%M:%S\n"))
+        f.write(time.strftime("%Y-%m-%d %H:%M:%S\n") + (f"wall_s {wall_s:.1f}\n" if wall_s is not None else ""))
+
+
+def recorded_wall_s(workdir: str) -> float | None:
+    """The wall time `mark_finished` recorded for a finished run, or None."""
+    path = os.path.join(workdir, "FINISHED")
+    lines = open(path).read().split("\n") if os.path.exists(path) else []
+    return next((float(line.split()[1]) for line in lines if line.startswith("wall_s ")), None)
 
 
 def mean_spread(values: Sequence[float]) -> tuple[float, float]:

@@ -18,9 +18,11 @@ would see B/k negatives instead of B). Instead:
 Loss, metrics and gradients are those of the global batch up to summation
 order; the price is a second forward pass. Model outputs are cached except
 `UNCACHED` ("tokens", [B, N, D], the one large output; an objective that
-reads it, such as FILIP, is rejected). A scalar output (the learned
-temperature and bias) is the same for every micro-batch: it is taken from
-micro-batch 0, and its gradient is pulled back through micro-batch 0 only.
+reads it, such as FILIP, is rejected). Every cached output is either per
+example, with the batch as its leading dimension, or a scalar computed from
+the params alone (the learned temperature and bias): a scalar is the same for
+every micro-batch, so it is taken from micro-batch 0 and its gradient is
+pulled back through micro-batch 0 only.
 Outputs that are not floats (a masked autoencoder's bool masks) are carried
 along but not differentiated. The objective's own randomness (batch["rng"])
 is the global batch's, as with k = 1.

@@ -11,9 +11,9 @@ from types import SimpleNamespace
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import PartitionSpec as P
 import optax
 import pytest
+from jax.sharding import PartitionSpec as P
 
 from mmjax import accumulate, parallel, train
 from mmjax.data.tokenizer import ByteTokenizer

@@ -222,13 +222,21 @@ def test_reference_restore_names_what_is_missing(clip_run, tmp_path):
     model = build_model(config.model, _tokenizer(config))
     params = _random_params(model, _train_batches(config)[0], seed=0)
     assert restore_reference(_cwcl_config("").model, params) is params  # nothing to restore
+    with pytest.raises(FileNotFoundError, match="no directory"):
+        restore_reference(config.model, params)
+    (tmp_path / "nowhere" / "checkpoints").mkdir(parents=True)  # a run that never committed a step
     with pytest.raises(FileNotFoundError, match="no committed checkpoint"):
         restore_reference(config.model, params)
     # a run without an image tower (text only) cannot provide one
     _save_run(tmp_path / "text_run", {k: v for k, v in source.items() if k.startswith("text")},
               _train_iterator(config))
-    with pytest.raises(ValueError, match=r"has no param.*'image_encoder'.*same architecture"):
+    with pytest.raises(ValueError, match=r"does not hold a 'image' tower.*\['image_encoder'\].* missing"):
         restore_reference(_cwcl_config(tmp_path / "text_run").model, params)
+    # ... nor can one whose image projection has another width
+    wider = dict(source, image_proj={"kernel": np.zeros((48, 32), np.float32)})
+    _save_run(tmp_path / "wide_run", wider, _train_iterator(config))
+    with pytest.raises(ValueError, match=r"\['image_proj'\]\['kernel'\] has shape \(48, 32\), want \(32, 32\)"):
+        restore_reference(_cwcl_config(tmp_path / "wide_run").model, params)
 
 
 # ---------------------------------------------------------------------------- SimCLR / TCL: second views

@@ -1,11 +1,12 @@
 """Per-device memory of a config on a pod mesh, planned on a laptop: no devices, no compilation.
 
     python tools/plan.py --config configs/pod/clip_vitb16.py --mesh data=64,fsdp=4[,tensor=1] [--top 10]
-    python tools/plan.py --config configs/pod/mae_vitb16_in1k.py:size=tiny --mesh data=2,fsdp=2 --config.batch_size=8
+    python tools/plan.py --config configs/pod/audiomae_vitb_audioset.py:size=tiny --mesh data=2,fsdp=2 --config.batch_size=8
 
 The state is `mmjax.train.state_layout` under `jax.eval_shape` on a `jax.sharding.AbstractMesh`,
 with the shardings training would use (the config's regex rules, tensor-parallel rules, FSDP
-above sharding.fsdp_min_size). Rows of the table:
+above sharding.fsdp_min_size); inputs have the shapes of `mmjax.data.fake.input_shapes` (images:
+data.fake.image_shape), so no data is read. Rows of the table:
   params, optimizer state  every leaf's bytes on one device: its shard shape is its shape
                            with each dimension divided by the mesh axes its PartitionSpec names
   activations              the residuals JAX keeps for the backward pass of forward + objective

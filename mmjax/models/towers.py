@@ -151,7 +151,7 @@ class ContrastiveModel(nn.Module):
     param_dtype: str = "float32"
 
     def setup(self):
-        unknown = ({self.reference_modality} - {""} | set(self.missing_embeddings)) - set(self.towers)
+        unknown = (({self.reference_modality} - {""}) | set(self.missing_embeddings)) - set(self.towers)
         if unknown:
             raise ValueError(f"model.reference.modality / model.missing_embeddings name {sorted(unknown)}, which "
                              f"have no tower; towers: {sorted(self.towers)}")
@@ -231,33 +231,40 @@ def restore_reference(model_cfg, params):
     committed checkpoint's `<m>_encoder` and `<m>_proj` params are restored
     alone (an Orbax partial restore: neither the rest of the model nor the
     optimiser state is read) with the shardings of `params["reference"]`.
-    The towers must have the same architecture; a missing or mis-shaped
-    param fails naming it. Called once, on a fresh start: a resumed run gets
-    the reference back from its own checkpoint.
+    The towers must have the same architecture: params the run lacks or holds
+    in another shape fail, listed, before anything is read. Called once, on a
+    fresh start: a resumed run gets the reference back from its own checkpoint.
     """
     reference = model_cfg.get("reference") or {}
     if not reference.get("modality") or not reference.get("init_from"):
         return params
-    m, directory = reference["modality"], os.path.abspath(reference["init_from"])
+    where = f"model.reference.init_from={reference['init_from']!r}"
+    directory = os.path.abspath(reference["init_from"])
     if os.path.isdir(os.path.join(directory, "checkpoints")):
         directory = os.path.join(directory, "checkpoints")
-    manager = ocp.CheckpointManager(directory, item_names=("state",))
-    step = manager.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"model.reference.init_from={reference['init_from']!r}: no committed checkpoint "
-                                f"in {directory}")
-    # Our reference subtree mirrors the source's top-level tower params, so it is their restore target.
-    target = {"params": jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), dict(params["reference"]))}
-    args = ocp.args.PyTreeRestore(target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-                                  partial_restore=True)
-    restored = manager.restore(step, args=ocp.args.Composite(state=args))["state"]["params"]
-    manager.close()
-    # A partial restore hands back the target's placeholder where the checkpoint has no such param.
-    missing = [jax.tree_util.keystr(path) for path, leaf in jax.tree_util.tree_flatten_with_path(restored)[0]
-               if isinstance(leaf, jax.ShapeDtypeStruct)]
-    if missing:
-        raise ValueError(f"model.reference.init_from={reference['init_from']!r} (step {step}) has no param(s) "
-                         f"{missing[:5]}{' ...' if len(missing) > 5 else ''}: is it a run with a {m!r} tower "
-                         f"of the same architecture?")
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"{where}: no directory {directory}")
+    manager = ocp.CheckpointManager(directory, item_handlers={"state": ocp.PyTreeCheckpointHandler()},
+                                    options=ocp.CheckpointManagerOptions(read_only=True, create=False))
+    try:
+        step = manager.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"{where}: no committed checkpoint in {directory}")
+        # Our reference subtree mirrors the run's top-level `<m>_encoder`, `<m>_proj` params.
+        stored = {jax.tree_util.keystr(path): leaf.shape for path, leaf in
+                  jax.tree_util.tree_flatten_with_path(manager.item_metadata(step)["state"]["params"])[0]}
+        wanted = {jax.tree_util.keystr(path): x.shape for path, x in
+                  jax.tree_util.tree_flatten_with_path(params["reference"])[0]}
+        problems = [f"{k} {'missing' if k not in stored else f'has shape {stored[k]}'}, want {shape}"
+                    for k, shape in wanted.items() if stored.get(k) != shape]
+        if problems:
+            raise ValueError(f"{where} (step {step}) does not hold a {reference['modality']!r} tower of this "
+                             f"architecture: {problems[:4]}{' ...' if len(problems) > 4 else ''}")
+        target = {"params": jax.tree_util.tree_map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), dict(params["reference"]))}
+        args = ocp.args.PyTreeRestore(target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                                      partial_restore=True)
+        restored = manager.restore(step, args=ocp.args.Composite(state=args))["state"]["params"]
+    finally:
+        manager.close()
     return {**params, "reference": restored}
