@@ -13,11 +13,14 @@ import argparse
 from mmjax.data import builders
 from mmjax.data.pipeline import DATASETS
 
+# Datasets generated in memory (the fake one) have no builder: nothing to build.
+STORED = sorted(name for name, (builder_cls, _) in DATASETS.items() if builder_cls is not None)
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_dir", default=None)
-    parser.add_argument("--datasets", nargs="*", default=sorted(DATASETS), choices=sorted(DATASETS))
+    parser.add_argument("--datasets", nargs="*", default=STORED, choices=STORED)
     args = parser.parse_args()
     for name in args.datasets:
         builder_cls, _ = DATASETS[name]
