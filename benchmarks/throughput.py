@@ -15,8 +15,9 @@ benchmarks/matmul_peak.py in the same process (formula in `train_flops`).
     python benchmarks/throughput.py --model vit_b16 --batch 8           # CPU, fp32
     python benchmarks/throughput.py --model vit_b16 --batch 256 --dtype bfloat16   # GPU, bf16 autocast
 
-Imports only mmjax.models, mmjax.objectives and mmjax.optim (no grain, tfds or
-orbax), so it runs where only jax, flax, optax, ml_collections and torch are.
+Imports only mmjax.models, mmjax.objectives and mmjax.optim (no grain or tfds),
+so it runs where only jax, flax (with its orbax-checkpoint), optax,
+ml_collections and torch are: see benchmarks/README.md for a GPU machine.
 """
 from __future__ import annotations
 
@@ -162,6 +163,24 @@ def compile_step(step, state, batch) -> dict:
             "temp_gib": getattr(memory, "temp_size_in_bytes", float("nan")) / 2**30}
 
 
+def make_peer(model: str, dtype: str, host: dict):
+    """open_clip's train step for `model` on torch's device, and the batch as torch tensors there."""
+    import torch
+
+    from peers.open_clip_step import OpenClipTrainStep
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":  # as many threads as XLA's pool: the cores this process may run on
+        torch.set_num_threads(len(os.sched_getaffinity(0)))
+    amp = torch.bfloat16 if dtype == "bfloat16" else None
+    peer = OpenClipTrainStep(MODELS[model]["open_clip"], device=device, amp_dtype=amp)
+    images = torch.from_numpy(host["image"].transpose(0, 3, 1, 2).copy()).to(device)  # NHWC -> NCHW
+    texts = torch.from_numpy(host["text"].astype(np.int64)).to(device)
+    print(f"open_clip: {peer.num_params / 1e6:.1f}M params, torch {torch.__version__} on {device}, "
+          f"{torch.get_num_threads()} threads", flush=True)
+    return peer, images, texts
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="vit_b16", choices=sorted(MODELS))
@@ -172,7 +191,7 @@ def main():
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                         help="compute dtype: mmjax model dtype / torch.autocast dtype; params stay fp32")
     parser.add_argument("--scan", action="store_true",
-                        help="layers under nn.scan (default unrolled: faster steps, slower compile; see compile_time.py)")
+                        help="layers under nn.scan (default: unrolled, faster steps, slower compile)")
     parser.add_argument("--no-peer", dest="peer", action="store_false", help="mmjax only (no torch/open_clip)")
     parser.add_argument("--attention", default="mmjax", choices=("mmjax", "flax"),
                         help="attention core: mmjax.models.layers' (jax.nn, cuDNN on GPU in bf16) or flax's default "
@@ -203,21 +222,8 @@ def main():
           f"{compiled['temp_gib']:.1f} GiB of temporaries; "
           f"model FLOPs/sample {flops / 1e9:.1f} G analytic{xla}", flush=True)
 
-    runners = {"mmjax": lambda s: step(s, batch)}
     if args.peer:
-        import torch
-
-        from peers.open_clip_step import OpenClipTrainStep
-
-        torch_device = "cuda" if torch.cuda.is_available() else "cpu"
-        if torch_device == "cpu":  # as many threads as XLA's pool: the cores this process may run on
-            torch.set_num_threads(len(os.sched_getaffinity(0)))
-        amp = torch.bfloat16 if args.dtype == "bfloat16" else None
-        peer = OpenClipTrainStep(MODELS[args.model]["open_clip"], device=torch_device, amp_dtype=amp)
-        images = torch.from_numpy(host["image"].transpose(0, 3, 1, 2).copy()).to(torch_device)  # NCHW
-        texts = torch.from_numpy(host["text"].astype(np.int64)).to(torch_device)
-        print(f"open_clip: {peer.num_params / 1e6:.1f}M params, torch {torch.__version__} on {torch_device}, "
-              f"{torch.get_num_threads()} threads", flush=True)
+        peer, images, texts = make_peer(args.model, args.dtype, host)
 
     times = {"mmjax": [], "open_clip": []}  # every step's seconds; the warm-up ones are dropped below
     for i in range(args.warmup + args.steps):

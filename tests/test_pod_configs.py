@@ -19,16 +19,13 @@ sys.path.insert(0, str(ROOT / "tools"))
 import plan  # noqa: E402
 
 POD = ("mae_vitb16_in1k", "clip_vitb16", "audiomae_vitb_audioset", "pointmae_shapenet")
-# mmjax/models/mae.py sizes its pixel head as patch x patch x 1: RGB MAE needs a channel count
-# it can be given (ViT rejects encoder.channels). Strict, so the test reports once it is fixed.
-RGB_MAE = pytest.mark.xfail(strict=True, raises=ValueError, reason="MaskedAutoencoder has no RGB pixel head yet")
 
 
 def _config(name, arg=""):
     return importlib.import_module(f"configs.pod.{name}").get_config(arg)
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=RGB_MAE) if n == "mae_vitb16_in1k" else n for n in POD])
+@pytest.mark.parametrize("name", POD)
 def test_tiny_fake_run_trains_two_steps(name, tmp_path):
     """data=fake,size=tiny through train_and_evaluate on a 2x2 (data x fsdp) mesh, with 2 accumulated
     micro-batches (GradCache for CLIP, plain for the masked models): scan, remat, bf16, FSDP."""

@@ -48,6 +48,7 @@ class OpenClipTrainStep:
         import torch
 
         open_clip = import_open_clip()
+        torch.manual_seed(0)  # the same random init in every run
         self.torch = torch
         self.device = torch.device(device)
         self.model = open_clip.create_model(model_name, device=self.device, output_dict=True)

@@ -51,6 +51,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.data.modalities = ("image",)
         c.data.crop_scale, c.data.max_shift = (0.2, 1.0), 0
         c.model.encoder = dict(VIT_B16)
+        c.model.channels = 3  # RGB: the pixel head predicts 16 x 16 x 3 values per patch
         c.model.decoder = dict(width=512, depth=8, num_heads=16, mlp_dim=2048)
         c.objective.norm_pix = True
         c.optim.update(lr=1.5e-4 * BATCH / 256, b1=0.9, b2=0.95, weight_decay=0.05, grad_clip_norm=0.0,

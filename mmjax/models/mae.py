@@ -72,6 +72,7 @@ class MaskedAutoencoder(nn.Module):
     decoder_heads: int = 4
     decoder_mlp_dim: int = 256
     target: str = "pixels"  # "pixels" (the input's patches / point groups) | "features" (an EMA teacher's)
+    channels: int = 1  # image channels the pixel head predicts per patch position (3 for RGB)
     dtype: str = "float32"
     param_dtype: str = "float32"
 
@@ -117,7 +118,7 @@ class MaskedAutoencoder(nn.Module):
         return build_encoder(self.modality, self.encoder, self.dtype, self.param_dtype)
 
     def _channels(self) -> int:
-        return 1 if self.encoder["encoder"] == "audio" else self.encoder.get("channels", 1)
+        return 1 if self.encoder["encoder"] == "audio" else self.channels
 
     def embed(self, x, modality: str, mask=None):
         """Frozen-encoder features for probes: mean of all patch tokens (no masking)."""
@@ -162,7 +163,7 @@ def build_mae(model_cfg, tokenizer=None, target: str = "pixels") -> MaskedAutoen
         modality=model_cfg.modality, encoder=dict(model_cfg.encoder), mask_ratio=model_cfg.mask_ratio,
         decoder_width=model_cfg.decoder.width, decoder_depth=model_cfg.decoder.depth,
         decoder_heads=model_cfg.decoder.num_heads, decoder_mlp_dim=model_cfg.decoder.mlp_dim,
-        target=target, dtype=model_cfg.dtype, param_dtype=model_cfg.param_dtype)
+        target=target, channels=model_cfg.get("channels", 1), dtype=model_cfg.dtype, param_dtype=model_cfg.param_dtype)
 
 
 def build_data2vec(model_cfg, tokenizer=None) -> MaskedAutoencoder:
