@@ -47,8 +47,8 @@ def main():
         r = measure(args.model, args.batch, scan, args.steps, args.dtype)
         steps = ", ".join(f"{s:.2f}" for s in r["steps"])
         line = (f"{'nn.scan' if scan else 'unrolled'}: lower {r['lower_s']:.1f} s, compile {r['compile_s']:.1f} s, "
-                f"step {r['step_s']:.2f} s median of [{steps}]")
-        if not scan:
+                f"step {r['step_s']:.2f} s median of [{steps}], {r['temp_gib']:.1f} GiB of temporaries")
+        if not scan and jax.default_backend() == "cpu":  # on GPU, cuBLAS/cuDNN calls count 0 FLOPs
             xla = r["xla_flops"] / args.batch
             line += (f"; XLA cost_analysis {xla / 1e9:.1f} GFLOP/sample vs analytic {analytic / 1e9:.1f} "
                      f"({xla / analytic:.3f}x)")

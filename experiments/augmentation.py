@@ -22,7 +22,6 @@ three templates the captions never use) and class-level R@1 both ways.
 from __future__ import annotations
 
 import os
-import time
 
 import numpy as np
 
@@ -52,7 +51,7 @@ CLAIM = ('"we find that a simple CLIP baseline can also be improved substantiall
 def sweep(args):
     seeds, steps = (1, 20) if args.smoke else (args.seeds, STEPS)
     settings = ("none", "both") if args.smoke else tuple(SETTINGS)
-    results, reused = {}, 0
+    results, reused, run_s = {}, 0, 0.0
     for setting in settings:
         for seed in range(seeds):
             workdir = os.path.join(args.workdir, NAME + ("_smoke" if args.smoke else ""), f"{setting}_s{seed}")
@@ -60,9 +59,10 @@ def sweep(args):
                          **common.final_eval_only(steps), **SETTINGS[setting]}
             r = common.run_config(CONFIG, workdir, overrides, fresh=args.fresh)
             reused += r["wall_s"] == 0
+            run_s += r["run_s"] or r["wall_s"]
             results.setdefault(setting, []).append({k: r[k] for k in METRICS})
             print(f"{setting:6s} seed={seed}: " + " ".join(f"{k}={r[k]:.3f}" for k in METRICS), flush=True)
-    return results, reused, steps
+    return results, reused, run_s, steps
 
 
 def values(results, setting, metric):
@@ -103,8 +103,7 @@ def plot(results, directory):
 
 def main():
     args = common.parse_args(__doc__.splitlines()[0])
-    start = time.time()
-    results, reused, steps = sweep(args)
+    results, reused, run_s, steps = sweep(args)
     directory = common.results_dir(args)
     plot(results, directory)
     seeds = len(results["none"])
@@ -125,7 +124,9 @@ def main():
         "Rule for the verdict: a setting helps when its mean zero-shot top-1 beats no augmentation by more than "
         "the sum of the two settings' half-ranges; reproduced if image + text helps.",
         why,
-        common.machine_line(time.time() - start) + (f" ({reused} runs were reused.)" if reused else ""),
+        common.machine_line(run_s) + f" Sum of the {sum(map(len, results.values()))} runs' wall times"
+        + (f" ({reused} reused from an earlier invocation, their recorded times)" if reused else "")
+        + f"; 15-min load average at the end {os.getloadavg()[2]:.1f} (the 2 cores were shared).",
         f"Command: `python -m experiments.{NAME}{' --smoke' if args.smoke else ''}`"], directory)
 
 
