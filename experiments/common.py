@@ -179,3 +179,8 @@ def pyplot():
 def machine_line(wall_s: float) -> str:
     return (f"Run time: {wall_s / 60:.1f} min on this machine ({os.cpu_count()} CPU cores, no accelerator), "
             f"{time.strftime('%Y-%m-%d')}.")
+
+
+def load_line() -> str:
+    """The 15-min load average now: wall times measured beside other jobs overstate a quiet machine's."""
+    return f"15-min load average when this was written: {os.getloadavg()[2]:.1f} on {os.cpu_count()} cores."

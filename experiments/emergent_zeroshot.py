@@ -33,6 +33,8 @@ SMOKE_STEPS = 10
 MODES = ("anchor", "all_pairs")
 MODALITIES = ("audio", "points", "image")
 CHANCE = 0.1
+# The default (800-step) anchored run, for scale: experiments/README.md, seed 0.
+FULL_RUN = {"audio": 0.902, "points": 0.923, "image": 0.966}
 CLAIM = ("\"only image-paired data is sufficient to bind the modalities together\" (abstract); Table 2: "
          "emergent zero-shot ESC audio 66.9% top-1 without any audio-text pair vs. 68.6% for the "
          "text-paired AudioCLIP. Girdhar et al., *ImageBind: One Embedding Space To Bind Them All*, CVPR 2023, "
@@ -67,29 +69,42 @@ def seeds(args) -> range:
     return range(1 if args.smoke else args.seeds)
 
 
-def _verdict(acc: dict) -> tuple[str, bool]:
-    """Reads the claim's two parts off the numbers: well above chance, and how close to text-paired."""
-    lines = []
+def _verdict(acc: dict) -> str:
+    """Reads the claim's two parts off the numbers: far above chance, and close to the text-paired model."""
+    lines, above, close = [], [], []
     for m in ("audio", "points"):
         emergent, spread = common.mean_spread(acc["anchor", m])
-        paired, _ = common.mean_spread(acc["all_pairs", m])
-        above = emergent - spread > 2 * CHANCE  # the worst seed at least twice chance
-        lines.append(f"- **{m}**: emergent {emergent:.3f} vs. text-paired {paired:.3f} (chance {CHANCE}); "
-                     f"{'well above' if above else 'not clearly above'} chance, "
-                     f"{100 * emergent / paired:.0f}% of the text-paired accuracy.")
-    held = all(common.mean_spread(acc["anchor", m])[0] - common.mean_spread(acc["anchor", m])[1] > 2 * CHANCE
-               for m in ("audio", "points"))
-    return "\n".join(lines), held
+        paired = common.mean_spread(acc["all_pairs", m])[0]
+        above.append(emergent - spread > 2 * CHANCE)  # even the worse seed at least twice chance
+        close.append(emergent >= 0.9 * paired)  # ImageBind: 66.9 / 68.6 = 98% on ESC
+        lines.append(f"- **{m}**: emergent {emergent:.3f} vs. text-paired {paired:.3f} (chance {CHANCE}): "
+                     f"{'well above' if above[-1] else 'not clearly above'} chance, {emergent / paired:.0%} of the "
+                     f"text-paired accuracy; the default 800-step anchored run reaches {FULL_RUN[m]} "
+                     f"(experiments/README.md, seed 0).")
+    if all(above) and all(close):
+        head = ("**Reproduced at this scale**: audio and points, which never saw a caption, are classified against "
+                "the text prompts far above chance and close to the text-paired model.")
+    elif all(above):
+        head = ("**Partially reproduced at this scale**: emergence holds (audio and points never saw a caption, "
+                "yet are classified against the text prompts far above chance, their only route to text being the "
+                "image embedding), but at this short schedule they are far below the text-paired model, not close "
+                "to it as in ImageBind. Binding through the anchor is two-step: audio and points can only inherit "
+                "the digit structure once the image embedding has it, while with text pairs each tower is also "
+                "pulled towards the classes directly (and receives three loss terms instead of one); the 800-step "
+                "run's numbers suggest the gap closes with training.")
+    else:
+        head = "**Not reproduced at this scale**: emergent accuracy is not clearly above chance for every modality."
+    return head + "\n\n" + "\n".join(lines)
 
 
 def main():
     args = common.parse_args(__doc__)
     acc = {(mode, m): [] for mode in MODES for m in MODALITIES}
-    wall = 0.0
+    run_s = 0.0
     for mode in MODES:
         for seed in seeds(args):
             r = train_bind(args, mode, 0.0, seed)
-            wall += r["wall_s"]
+            run_s += r["run_s"] or r["wall_s"]
             for m in MODALITIES:
                 acc[mode, m].append(r[f"zeroshot_top1_{m}"])
     n = len(seeds(args))
@@ -98,11 +113,6 @@ def main():
     rows = [[f"{mode}: {per_mode[mode]}"] + [common.fmt(acc[mode, m]) for m in MODALITIES] for mode in MODES]
     table = common.markdown_table(
         ["training pairs", "zero-shot top-1 audio", "zero-shot top-1 points", "zero-shot top-1 image"], rows)
-    verdict_lines, held = _verdict(acc)
-    verdict = ("**Reproduced at this scale**" if held else "**Not reproduced at this scale**") + (
-        ": audio and points are classified against the text prompts far above chance although neither ever saw "
-        "a caption in training; their only route to text is through the image embedding." if held else
-        ": emergent accuracy is not clearly above chance for every modality at this training length.")
     c = common.load_config(bind_variant("anchor", 0.0, args.smoke))
     tower = c.model.towers.audio
     setup = (f"`{CONFIG}` (towers of width {tower.width}, depth {tower.depth}; {c.model.embed_dim}-d embeddings; "
@@ -134,10 +144,10 @@ def main():
         f"Command: `python -m experiments.{NAME}`. Setup: {setup}",
         table,
         f"Paper: {CLAIM}.",
-        f"Verdict: {verdict}\n\n{verdict_lines}",
+        f"Verdict: {_verdict(acc)}",
         f"![plot]({NAME}.png)",
-        common.machine_line(wall) + f" 15-min load average at the end: {os.getloadavg()[2]:.1f} "
-        f"(other jobs shared the {os.cpu_count()} cores).",
+        common.machine_line(run_s) + f" The sum of the {len(MODES) * n} runs' own wall times, measured while "
+        f"other jobs shared the CPU. " + common.load_line(),
     ], out)
 
 

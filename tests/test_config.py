@@ -15,7 +15,7 @@ def test_variant_selects_loss_model_steps_and_rejects_unknowns():
     assert (config.objective.name, config.total_steps, config.model.logit_bias_init) == ("sigmoid", 7, -10.0)
     with pytest.raises(ValueError, match=r"unknown config key 'los'.*did you mean 'loss'.*valid keys: \['loss', 'model', 'steps'\]"):
         clip_digits.get_config("los=sigmoid")
-    with pytest.raises(ValueError, match=r"valid: \['softmax', 'sigmoid'\]"):
+    with pytest.raises(ValueError, match=r"valid: \['softmax', 'sigmoid', 'dcl'"):
         clip_digits.get_config("loss=hinge")
     with pytest.raises(ValueError, match=r"steps='many': expected int"):
         clip_digits.get_config("steps=many")
