@@ -20,6 +20,7 @@ the default 800 steps (see STEPS); `experiments.missing_modalities` reuses them.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -41,28 +42,33 @@ CLAIM = ("\"only image-paired data is sufficient to bind the modalities together
          "Sec. 4.1, Table 2")
 
 
-def bind_variant(mode: str, drop: float, smoke: bool) -> str:
-    steps = SMOKE_STEPS if smoke else STEPS
-    return f"{CONFIG}:mode={mode},drop={drop},steps={steps}" + (",model=tiny" if smoke else "")
+@dataclasses.dataclass(frozen=True)
+class BindRun:
+    """One AV-digits binding setting, trained once per seed and reused by every experiment naming it."""
 
+    mode: str  # objective.mode: "anchor" | "all_pairs"
+    drop: float = 0.0  # modality dropout of the config variant: audio, points and text
+    drop_text: bool = True  # False: captions are never dropped (only audio and points)
 
-def bind_overrides(seed: int, smoke: bool) -> dict:
-    """What every binding run of the experiments shares besides its variant: only the final eval."""
-    steps = SMOKE_STEPS if smoke else STEPS
-    # Warm-up scaled with the shortened schedule (the config's 100 is for 800 steps);
-    # one checkpoint, at the end, for `missing_modalities` to restore.
-    return {"seed": seed, "eval.every_steps": 0, "optim.warmup_steps": max(1, steps // 8),
-            "checkpoint.every_steps": steps, "tensorboard": False}
+    def variant(self, smoke: bool) -> str:
+        steps = SMOKE_STEPS if smoke else STEPS
+        return f"{CONFIG}:mode={self.mode},drop={self.drop},steps={steps}" + (",model=tiny" if smoke else "")
 
+    def overrides(self, seed: int, smoke: bool) -> dict:
+        steps = SMOKE_STEPS if smoke else STEPS
+        # Warm-up scaled with the shortened schedule (the config's 100 is for 800 steps); only
+        # the final eval; one checkpoint, at the end, for `missing_modalities` to restore.
+        out = {"seed": seed, "eval.every_steps": 0, "optim.warmup_steps": max(1, steps // 8),
+               "checkpoint.every_steps": steps, "tensorboard": False}
+        return out if self.drop_text else out | {"data.drop_prob.text": 0.0}
 
-def bind_workdir(args, mode: str, drop: float, seed: int) -> str:
-    return os.path.join(args.workdir, "smoke" if args.smoke else "", f"bind_{mode}_drop{drop}_seed{seed}")
+    def workdir(self, args, seed: int) -> str:
+        name = f"bind_{self.mode}_drop{self.drop}{'' if self.drop_text else '_keeptext'}_seed{seed}"
+        return os.path.join(args.workdir, "smoke" if args.smoke else "", name)
 
-
-def train_bind(args, mode: str, drop: float, seed: int) -> dict:
-    """One AV-digits binding run (trained once, reused by every experiment that names it)."""
-    return common.run_config(bind_variant(mode, drop, args.smoke), bind_workdir(args, mode, drop, seed),
-                             bind_overrides(seed, args.smoke), fresh=args.fresh)
+    def train(self, args, seed: int) -> dict:
+        return common.run_config(self.variant(args.smoke), self.workdir(args, seed), self.overrides(seed, args.smoke),
+                                 fresh=args.fresh)
 
 
 def seeds(args) -> range:
@@ -107,7 +113,7 @@ def main():
     run_s = 0.0
     for mode in MODES:
         for seed in seeds(args):
-            r = train_bind(args, mode, 0.0, seed)
+            r = BindRun(mode).train(args, seed)
             run_s += r["run_s"] or r["wall_s"]
             for m in MODALITIES:
                 acc[mode, m].append(r[f"zeroshot_top1_{m}"])
@@ -117,11 +123,11 @@ def main():
     rows = [[f"{mode}: {per_mode[mode]}"] + [common.fmt(acc[mode, m]) for m in MODALITIES] for mode in MODES]
     table = common.markdown_table(
         ["training pairs", "zero-shot top-1 audio", "zero-shot top-1 points", "zero-shot top-1 image"], rows)
-    c = common.load_config(bind_variant("anchor", 0.0, args.smoke))
+    c = common.load_config(BindRun("anchor").variant(args.smoke))
     tower = c.model.towers.audio
     setup = (f"`{CONFIG}` (towers of width {tower.width}, depth {tower.depth}; {c.model.embed_dim}-d embeddings; "
              f"batch {c.batch_size}), {c.total_steps} steps instead of 800 (warm-up "
-             f"{bind_overrides(0, args.smoke)['optim.warmup_steps']}), softmax "
+             f"{BindRun('anchor').overrides(0, args.smoke)['optim.warmup_steps']}), softmax "
              f"pair loss, {n} seed(s) per setting (mean ± half-range). Zero-shot: each test example's embedding "
              f"against the prompt-ensembled embeddings of the ten digit classes (chance {CHANCE}), "
              f"2,000 test examples.")
