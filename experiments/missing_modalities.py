@@ -59,7 +59,7 @@ CLAIM = ("\"the proposed ModDrop training technique ensures robustness of the cl
          "abstract; Sec. 4 and its missing-channel tables")
 
 
-def test_embeddings(config, workdir: str) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+def embed_test_split(config, workdir: str) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """Restores `workdir`'s latest checkpoint and embeds the config's test split once per modality.
 
     Returns ({m: [N, E]} for INPUTS, labels [N], class embeddings [10, E] from
@@ -85,8 +85,8 @@ def test_embeddings(config, workdir: str) -> tuple[dict[str, np.ndarray], np.nda
 
 def evaluate_subsets(args, run: BindRun, seed: int, final: dict) -> dict[tuple[str, ...], float]:
     """Fused zero-shot top-1 of every subset for one trained model."""
-    z, labels, classes = test_embeddings(common.load_config(run.variant(args.smoke), run.overrides(seed, args.smoke)),
-                                         run.workdir(args, seed))
+    config = common.load_config(run.variant(args.smoke), run.overrides(seed, args.smoke))
+    z, labels, classes = embed_test_split(config, run.workdir(args, seed))
     top1 = {s: zeroshot.fused_zeroshot_metrics(z, s, labels, classes, topk=(1,))["zeroshot_top1"] for s in SUBSETS}
     # A single modality is the trainer's own zero-shot metric: agreement checks the restore end to end.
     for m in INPUTS:
