@@ -27,23 +27,15 @@ modality; the subsets are fused from those embeddings.
 from __future__ import annotations
 
 import itertools
-import os
 import time
 
-import jax
 import numpy as np
 
 from experiments import common
 from experiments.emergent_zeroshot import BindRun, seeds
-from mmjax import checkpoint as ckpt_lib
-from mmjax import parallel
 from mmjax.data import digits
-from mmjax.data.tokenizer import get_tokenizer
 from mmjax.evals import zeroshot
-from mmjax.evals.suite import EvalSuite
-from mmjax.models import build_model
-from mmjax.optim import make_optimizer
-from mmjax.train import state_layout
+from mmjax.evaluate import restore_for_eval
 
 NAME = "missing_modalities"
 DROP = 0.5
@@ -66,16 +58,7 @@ def embed_test_split(config, workdir: str) -> tuple[dict[str, np.ndarray], np.nd
     Returns ({m: [N, E]} for INPUTS, labels [N], class embeddings [10, E] from
     the prompt ensemble), exactly as the trainer's eval suite computes them.
     """
-    mesh = parallel.make_mesh(config.mesh)
-    tokenizer = get_tokenizer(config.data.tokenizer, config.data.text_len, config.data.tokenizer_path or None)
-    model = build_model(config.model, tokenizer)
-    suite = EvalSuite.from_config(config, model, tokenizer, mesh)
-    # The checkpoint holds the whole training state; restore it into the trainer's layout.
-    tx, _ = make_optimizer(config.optim, config.total_steps)
-    _, abstract_state, shardings = state_layout(config, model, tx, mesh, suite.batches[0], jax.random.key(0))
-    ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=1, keep=1 << 30)
-    params = ckpt.restore_state(ckpt.latest_step(), ckpt_lib.abstract_like(abstract_state, shardings))["params"]
-    ckpt.close()
+    suite, params, _ = restore_for_eval(config, workdir)
     mask = np.concatenate([b["mask"] for b in suite.batches])
     labels = np.concatenate([b["label"] for b in suite.batches])[mask]
     z = {m: suite.embed_all(params, suite.batches, m)[mask] for m in INPUTS}

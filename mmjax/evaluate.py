@@ -34,7 +34,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 _OVERRIDES: list[str] = []
 
 
-def evaluate_checkpoint(config, workdir: str, step: int | None = None, devices=None) -> dict:
+def restore_for_eval(config, workdir: str, step: int | None = None, devices=None):
+    """(eval suite, params, step) of `workdir`'s latest (or `step`'s) committed checkpoint."""
     mesh = parallel.make_mesh(config.mesh, devices)
     tokenizer = get_tokenizer(config.data.tokenizer, config.data.text_len, config.data.tokenizer_path or None)
     model = build_model(config.model, tokenizer)
@@ -50,7 +51,12 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None, devices=N
         raise ValueError(f"no checkpoint for step {step} in {workdir}; available: {sorted(steps)}")
     state = ckpt.restore_state(step, ckpt_lib.abstract_like(abstract_state, shardings))
     ckpt.close()
-    results = {"step": step, **suite(state["params"])}
+    return suite, state["params"], step
+
+
+def evaluate_checkpoint(config, workdir: str, step: int | None = None, devices=None) -> dict:
+    suite, params, step = restore_for_eval(config, workdir, step, devices)
+    results = {"step": step, **suite(params)}
     if jax.process_index() == 0:
         os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
         with open(os.path.join(workdir, "eval", f"step_{step}.json"), "w") as f:
