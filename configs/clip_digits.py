@@ -72,6 +72,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         no_decay_regex=r"(bias|scale|embedding|pos_embedding|cls|log_logit_scale)$",
         freeze_regex=""))
 
+    # Warm start (mmjax.checkpoint.warm_start): on a fresh start, the top-level params named here
+    # (e.g. ("image_encoder", "image_proj")) come from the latest checkpoint of the run in `workdir`.
+    c.init_from = ml_collections.ConfigDict({"workdir": "", "params": ()})
+
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
     # (regex on the param path, PartitionSpec); first match wins, rest replicated
     # or, with mesh.fsdp > 1, sharded over 'fsdp' above fsdp_min_size elements.

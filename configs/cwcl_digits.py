@@ -1,28 +1,33 @@
-"""CWCL (Srinivasa et al. 2023) on the embedded MNIST digits: CLIP with continuous targets.
+"""CWCL (Srinivasa et al., NeurIPS 2023) on the embedded MNIST digits: CLIP with continuous targets.
 
 CLIP's one-hot target over the batch becomes a distribution: query i's target
 for candidate j is proportional to w_ij = (1 + cos(r_i, r_j)) / 2, with r the
-embeddings of a frozen reference tower (model.reference; images of the same
-digit weigh in as partial positives). The reference is a second image tower +
-projection whose params (params["reference"]) never train: its output has no
-gradient and optim.freeze_regex keeps the optimiser off it. It starts from a
-finished run's image tower, e.g. the main CLIP job's:
+embeddings of a frozen reference (images of the same digit weigh in as partial
+positives).
+
+setup=locked (default, the paper's): the image tower and projection come from
+a finished CLIP run and stay frozen (config.init_from + optim.freeze_regex, as
+LiT); the text tower learns from scratch to align to it, and the targets are
+the locked image embeddings' own similarities (objective.reference="image"):
 
     python -m mmjax.main --config configs/clip_digits.py --workdir workdirs/clip_digits
-    python -m mmjax.main --config configs/cwcl_digits.py --workdir workdirs/cwcl \
-        --config.model.reference.init_from=workdirs/clip_digits
+    python -m mmjax.main --config configs/cwcl_digits.py --workdir workdirs/cwcl
 
-(the same `model` size in both). Without init_from the reference is a frozen
-random tower, whose similarities carry little beyond pixel overlap.
+(--config.init_from.workdir=... names another CLIP run of the same `model` size.)
+`loss=softmax` is the same locked setup with CLIP's one-hot targets: the
+paper's baseline.
 
-Caveat (measured): the targets are only as sharp as the reference space is
-spread. A 200-step CLIP reference has cosines 0.85 within a digit and 0.64
-across, so w is 0.93 vs 0.82 and the targets are near uniform; both towers,
-trained from scratch here (the paper trains one tower against a frozen one),
-then collapse to loss = log(batch) (200 steps at batch 64: zero-shot 0.108).
+setup=reference: both towers train from scratch and a third, frozen image tower
+(model.reference, params["reference"], stop-gradient) gives the targets; it
+starts from model.reference.init_from (a CLIP run) or, unset, stays random.
+Caveat (measured): a 200-step CLIP reference has cosines 0.85 within a digit
+and 0.64 across, so w is 0.93 vs 0.82 and the targets are near uniform; the two
+towers then collapse to loss = log(batch) (200 steps at batch 64: zero-shot 0.108).
 
-Variants (`configs/cwcl_digits.py:model=tiny`):
-  reference  image (default) | text: the modality of the frozen tower
+Variants (`configs/cwcl_digits.py:setup=reference,model=tiny`):
+  setup      locked (default) | reference
+  loss       cwcl (default) | softmax (setup=locked only: the one-hot baseline)
+  reference  image (default) | text: the modality of the frozen tower (setup=reference)
   model      tiny (tests) | small (default)
   steps      total train steps
 """
@@ -31,14 +36,25 @@ import ml_collections
 from configs import clip_digits
 from mmjax.config_utils import parse_variant
 
+LOCKED = ("image_encoder", "image_proj")  # the image tower LiT / the paper keep frozen
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    v = parse_variant(arg, {"reference": "image", "model": "small", "steps": 0},
-                      choices={"reference": ("image", "text"), "model": ("tiny", "small")})
+    v = parse_variant(arg, {"setup": "locked", "loss": "cwcl", "reference": "image", "model": "small", "steps": 0},
+                      choices={"setup": ("locked", "reference"), "loss": ("cwcl", "softmax"),
+                               "reference": ("image", "text"), "model": ("tiny", "small")})
+    if v.setup == "reference" and v.loss != "cwcl":
+        raise ValueError("cwcl_digits: setup=reference trains both towers with CWCL; loss=softmax is clip_digits")
     c = clip_digits.get_config(f"model={v.model},steps={v.steps}")
     with c.unlocked():
-        c.model.reference.modality = v.reference
-        c.optim.freeze_regex = r"^reference/"
-        c.objective = ml_collections.ConfigDict({"name": "cwcl", "modalities": ("image", "text")})
+        c.objective = ml_collections.ConfigDict({"name": v.loss, "modalities": ("image", "text")})
+        if v.setup == "locked":
+            c.init_from.workdir, c.init_from.params = "workdirs/clip_digits", LOCKED
+            c.optim.freeze_regex = rf"^({'|'.join(LOCKED)})/"
+            if v.loss == "cwcl":
+                c.objective.reference = "image"
+        else:
+            c.model.reference.modality = v.reference
+            c.optim.freeze_regex = r"^reference/"
     c.lock()
     return c

@@ -9,6 +9,7 @@ returns (and that is removed on the next start).
 from __future__ import annotations
 
 import logging
+import os
 
 import grain
 import jax
@@ -26,7 +27,8 @@ class Checkpointer:
             cleanup_tmp_directories=True,  # drop what a killed save left behind
             create=True,
         )
-        self._manager = ocp.CheckpointManager(directory, options=options, item_names=("state", "data"))
+        # Orbax's OCDBT array writer rejects relative paths (`--workdir workdirs/x`), so resolve them here.
+        self._manager = ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=("state", "data"))
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -69,3 +71,56 @@ class Checkpointer:
 def abstract_like(state, shardings):
     """ShapeDtypeStructs carrying the target shardings, for restore."""
     return jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
+
+
+def restore_params_from_run(workdir: str, wanted, where: str) -> dict:
+    """Top-level param subtrees `wanted` ({name: tree of arrays}) read from another run's latest checkpoint.
+
+    `workdir` is that run's workdir (or its checkpoints/ directory). Only the
+    named subtrees are read (an Orbax partial restore: neither the rest of
+    the model nor the optimiser state), with the shardings, shapes and dtypes
+    of `wanted`. Params the run lacks or holds in another shape fail, listed,
+    before anything is read; `where` (the config field) starts each message.
+    """
+    directory = os.path.abspath(workdir)
+    if os.path.isdir(os.path.join(directory, "checkpoints")):
+        directory = os.path.join(directory, "checkpoints")
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"{where}: no directory {directory}")
+    manager = ocp.CheckpointManager(directory, item_handlers={"state": ocp.PyTreeCheckpointHandler()},
+                                    options=ocp.CheckpointManagerOptions(read_only=True, create=False))
+    try:
+        step = manager.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"{where}: no committed checkpoint in {directory}")
+        stored = {jax.tree_util.keystr(path): leaf.shape for path, leaf in
+                  jax.tree_util.tree_flatten_with_path(manager.item_metadata(step)["state"]["params"])[0]}
+        shapes = {jax.tree_util.keystr(path): x.shape for path, x in jax.tree_util.tree_flatten_with_path(wanted)[0]}
+        problems = [f"{k} {'missing' if k not in stored else f'has shape {stored[k]}'}, want {shape}"
+                    for k, shape in shapes.items() if stored.get(k) != shape]
+        if problems:
+            raise ValueError(f"{where} (step {step}) does not hold params of this architecture: "
+                             f"{problems[:4]}{' ...' if len(problems) > 4 else ''}")
+        target = {"params": jax.tree_util.tree_map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), dict(wanted))}
+        args = ocp.args.PyTreeRestore(target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                                      partial_restore=True)
+        return manager.restore(step, args=ocp.args.Composite(state=args))["state"]["params"]
+    finally:
+        manager.close()
+
+
+def warm_start(init_cfg, params) -> dict:
+    """`params` with the subtrees `init_cfg.params` (top-level names, e.g. "image_encoder") taken from the run
+    in `init_cfg.workdir` (LiT-style locked towers, fine-tuning); unchanged if no workdir is set.
+
+    Called once, on a fresh start: a resumed run has them in its own checkpoint.
+    """
+    if not init_cfg or not init_cfg.get("workdir"):
+        return params
+    names, where = tuple(init_cfg.get("params", ())), f"init_from.workdir={init_cfg['workdir']!r}"
+    unknown = [n for n in names if n not in params]
+    if not names or unknown:
+        raise ValueError(f"init_from.params names {list(unknown or names)}: it must list top-level params of "
+                         f"this model, one or more of {sorted(params)}")
+    return {**params, **restore_params_from_run(init_cfg["workdir"], {n: params[n] for n in names}, where)}

@@ -81,8 +81,13 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
     start_step = ckpt.latest_step()
     if start_step is None:
         state = jax.jit(init_state, out_shardings=state_shardings)()
-        # A frozen reference tower (CWCL) may start from a finished run's checkpoint.
-        state["params"] = restore_reference(config.model, state["params"])
+        # Towers may start from finished runs' checkpoints: a frozen reference tower (CWCL), locked or
+        # fine-tuned towers (config.init_from). The teacher, if any, copies the student as it starts.
+        params = restore_reference(config.model, state["params"])
+        state["params"] = ckpt_lib.warm_start(config.get("init_from"), params)
+        if "teacher" in state and state["params"] is not params:
+            state["teacher"] = jax.jit(lambda p: teacher_lib.init(model, p),
+                                       out_shardings=state_shardings["teacher"])(state["params"])
         start_step = 0
     else:
         state = ckpt.restore(start_step, ckpt_lib.abstract_like(abstract_state, state_shardings), train_iter)

@@ -22,6 +22,7 @@ from mmjax.data.modalities import ExampleTransform
 from mmjax.data.tokenizer import get_tokenizer
 from mmjax.models import build_model
 from mmjax.models.towers import ContrastiveModel, restore_reference
+from mmjax.objectives.contrastive import softmax_contrastive_loss
 from mmjax.objectives import contrastive, get_objective
 from mmjax.objectives import contrastive_variants as cv
 from mmjax.optim import make_optimizer
@@ -67,8 +68,9 @@ class _Steps:
         self.mesh = parallel.make_mesh(config.mesh, jax.devices()[:1])
         # The step's outputs come back laid out on the mesh: its inputs start there too (one compile).
         self.place = lambda tree: jax.device_put(tree, NamedSharding(self.mesh, P()))
-        self.params = self.place(restore_reference(
-            config.model, jax.jit(model.init)(jax.random.key(0), _one_view(batch))["params"]))
+        # As the trainer's fresh start: init, then the towers that come from other runs.
+        self.params = self.place(ckpt_lib.warm_start(config.init_from, restore_reference(
+            config.model, jax.jit(model.init)(jax.random.key(0), _one_view(batch))["params"])))
 
         def step(params, opt_state, batch):
             def loss_fn(p):
@@ -193,7 +195,7 @@ def clip_run(tmp_path_factory):
 
 
 def _cwcl_config(init_from):
-    config = cwcl_digits.get_config("model=tiny")
+    config = cwcl_digits.get_config("setup=reference,model=tiny")
     with config.unlocked():
         config.model.reference.init_from = str(init_from)
     return config
@@ -230,13 +232,62 @@ def test_reference_restore_names_what_is_missing(clip_run, tmp_path):
     # a run without an image tower (text only) cannot provide one
     _save_run(tmp_path / "text_run", {k: v for k, v in source.items() if k.startswith("text")},
               _train_iterator(config))
-    with pytest.raises(ValueError, match=r"does not hold a 'image' tower.*\['image_encoder'\].* missing"):
+    with pytest.raises(ValueError, match=r"does not hold params of this architecture.*\['image_encoder'\].* missing"):
         restore_reference(_cwcl_config(tmp_path / "text_run").model, params)
     # ... nor can one whose image projection has another width
     wider = dict(source, image_proj={"kernel": np.zeros((48, 32), np.float32)})
     _save_run(tmp_path / "wide_run", wider, _train_iterator(config))
     with pytest.raises(ValueError, match=r"\['image_proj'\]\['kernel'\] has shape \(48, 32\), want \(32, 32\)"):
         restore_reference(_cwcl_config(tmp_path / "wide_run").model, params)
+
+
+def _locked_config(workdir, loss="cwcl"):
+    config = cwcl_digits.get_config(f"model=tiny,loss={loss}")
+    with config.unlocked():
+        config.init_from.workdir = str(workdir)
+    return config
+
+
+def test_locked_image_tower_comes_from_a_run_never_moves_and_gives_the_cwcl_targets(clip_run):
+    """The paper's (and LiT's) setup: image tower + projection restored from a CLIP run and frozen,
+    the text tower trains, the targets are the locked image embeddings' similarities."""
+    directory, source = clip_run
+    config = _locked_config(directory)
+    batches = _train_batches(config, n=2)
+    steps = _Steps(config, batches[0])
+    before = steps.params
+    assert "reference" not in before  # no third tower: the locked one is the reference
+    for name in ("image_encoder", "image_proj"):
+        assert _leaves_equal(before[name], source[name]), name  # restored exactly ...
+    assert not _leaves_equal(before["text_encoder"], source["text_encoder"])  # ... and nothing else
+    losses, _, outputs, after = steps.run(batches)
+    for name in ("image_encoder", "image_proj"):
+        assert _leaves_equal(after[name], source[name]), name  # frozen: no update, no weight decay
+    assert not _leaves_equal(after["text_encoder"], before["text_encoder"])
+    emb = outputs["embeddings"]
+    expected = cv.cwcl_loss(emb["image"], emb["text"], outputs["logit_scale"], ref_a=emb["image"])[0]
+    np.testing.assert_allclose(losses[0], expected, rtol=1e-6)
+    onehot = softmax_contrastive_loss(emb["image"], emb["text"], outputs["logit_scale"])[0]
+    assert abs(float(onehot) - losses[0]) > 1e-3  # CLIP's one-hot targets: not what ran
+
+
+def test_warm_start_names_what_it_cannot_do(clip_run, tmp_path):
+    directory, source = clip_run
+    config = _locked_config(directory)
+    params = _random_params(build_model(config.model, _tokenizer(config)), _train_batches(config)[0], seed=0)
+    with config.unlocked():
+        config.init_from.workdir = ""
+    assert ckpt_lib.warm_start(config.init_from, params) is params  # nothing to restore
+    with config.unlocked():
+        config.init_from.workdir, config.init_from.params = str(directory), ("image_encoder", "audio_encoder")
+    with pytest.raises(ValueError, match=r"init_from.params names \['audio_encoder'\].*'image_encoder', 'image_proj'"):
+        ckpt_lib.warm_start(config.init_from, params)
+    with config.unlocked():
+        config.init_from.workdir, config.init_from.params = str(tmp_path), ("image_encoder",)
+    with pytest.raises(FileNotFoundError, match=r"init_from.workdir=.*no committed checkpoint|no directory"):
+        ckpt_lib.warm_start(config.init_from, params)
+    with pytest.raises(ValueError, match="setup=reference trains both towers"):
+        cwcl_digits.get_config("setup=reference,loss=softmax")
 
 
 # ---------------------------------------------------------------------------- SimCLR / TCL: second views

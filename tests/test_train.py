@@ -84,7 +84,7 @@ def _final_params(workdir):
 def test_exact_resume_after_sigkill(tmp_path):
     """Straight 12 steps == 8 steps, SIGKILL mid-save, restart: losses and params bitwise equal."""
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    p_straight = _run_cli(straight)
+    p_straight = _run_cli(os.path.relpath(straight, ROOT))  # relative, as the README's `--workdir workdirs/...`
     # Killed right after step 9 while its save is in flight; step 8's checkpoint is committed.
     p_killed = _run_cli(killed, "--config.debug.sigkill_after_step=9")
     out_straight, _ = p_straight.communicate(timeout=300)

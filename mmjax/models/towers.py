@@ -13,15 +13,14 @@ that is False where the example lacks m (objectives skip those pairs).
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 
+from mmjax import checkpoint
 from mmjax.models.audio import AudioTransformer
 from mmjax.models.point import PointTransformer
 from mmjax.models.text import TextTransformer
@@ -229,42 +228,14 @@ def restore_reference(model_cfg, params):
 
     init_from is that run's workdir (or its checkpoints/ directory); its latest
     committed checkpoint's `<m>_encoder` and `<m>_proj` params are restored
-    alone (an Orbax partial restore: neither the rest of the model nor the
-    optimiser state is read) with the shardings of `params["reference"]`.
-    The towers must have the same architecture: params the run lacks or holds
-    in another shape fail, listed, before anything is read. Called once, on a
-    fresh start: a resumed run gets the reference back from its own checkpoint.
+    alone (mmjax.checkpoint.restore_params_from_run): the towers must have the
+    same architecture. Called once, on a fresh start: a resumed run gets the
+    reference back from its own checkpoint.
     """
     reference = model_cfg.get("reference") or {}
     if not reference.get("modality") or not reference.get("init_from"):
         return params
-    where = f"model.reference.init_from={reference['init_from']!r}"
-    directory = os.path.abspath(reference["init_from"])
-    if os.path.isdir(os.path.join(directory, "checkpoints")):
-        directory = os.path.join(directory, "checkpoints")
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"{where}: no directory {directory}")
-    manager = ocp.CheckpointManager(directory, item_handlers={"state": ocp.PyTreeCheckpointHandler()},
-                                    options=ocp.CheckpointManagerOptions(read_only=True, create=False))
-    try:
-        step = manager.latest_step()
-        if step is None:
-            raise FileNotFoundError(f"{where}: no committed checkpoint in {directory}")
-        # Our reference subtree mirrors the run's top-level `<m>_encoder`, `<m>_proj` params.
-        stored = {jax.tree_util.keystr(path): leaf.shape for path, leaf in
-                  jax.tree_util.tree_flatten_with_path(manager.item_metadata(step)["state"]["params"])[0]}
-        wanted = {jax.tree_util.keystr(path): x.shape for path, x in
-                  jax.tree_util.tree_flatten_with_path(params["reference"])[0]}
-        problems = [f"{k} {'missing' if k not in stored else f'has shape {stored[k]}'}, want {shape}"
-                    for k, shape in wanted.items() if stored.get(k) != shape]
-        if problems:
-            raise ValueError(f"{where} (step {step}) does not hold a {reference['modality']!r} tower of this "
-                             f"architecture: {problems[:4]}{' ...' if len(problems) > 4 else ''}")
-        target = {"params": jax.tree_util.tree_map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), dict(params["reference"]))}
-        args = ocp.args.PyTreeRestore(target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-                                      partial_restore=True)
-        restored = manager.restore(step, args=ocp.args.Composite(state=args))["state"]["params"]
-    finally:
-        manager.close()
+    # Our reference subtree mirrors the run's top-level `<m>_encoder`, `<m>_proj` params.
+    restored = checkpoint.restore_params_from_run(
+        reference["init_from"], params["reference"], f"model.reference.init_from={reference['init_from']!r}")
     return {**params, "reference": restored}

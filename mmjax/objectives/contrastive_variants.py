@@ -257,15 +257,22 @@ def _lookup(table: Mapping[str, Any], names, what: str) -> list:
     return [table[m] for m in names]
 
 
-def _references(outputs, a: str, b: str) -> dict[str, Any]:
-    # CWCL's frozen reference tower embeddings, outputs["reference"][m], for one side or both.
+def _references(outputs, a: str, b: str, opts) -> dict[str, Any]:
+    """CWCL's reference embeddings for one side or both. opts["reference"] "": the model's frozen reference
+    tower, outputs["reference"][m]; a modality of the pair: that tower's own embeddings, for a tower kept
+    frozen (restored by config.init_from and in optim.freeze_regex: the paper's and LiT's locked tower)."""
+    source = opts.pop("reference")
+    if source:
+        if source not in (a, b):
+            raise ValueError(f"cwcl reference={source!r} must be one of the pair {(a, b)} or '' (reference tower)")
+        return {"ref_a" if source == a else "ref_b": outputs["embeddings"][source]}
     refs = outputs.get("reference", {})
     if a not in refs and b not in refs:
         raise ValueError(f'cwcl needs outputs["reference"][m] for {a!r} or {b!r}; the model gave {sorted(refs)}')
     return {"ref_a": refs.get(a), "ref_b": refs.get(b)}
 
 
-def _token_masks(outputs, a: str, b: str) -> dict[str, Any]:
+def _token_masks(outputs, a: str, b: str, opts) -> dict[str, Any]:
     # outputs["token_masks"][m] if the model gives it, else all tokens count: batch[m + "_mask"] marks input frames.
     masks = outputs.get("token_masks", {})
     return {"token_valid_a": masks.get(a), "token_valid_b": masks.get(b)}
@@ -273,14 +280,16 @@ def _token_masks(outputs, a: str, b: str) -> dict[str, Any]:
 
 def _pair_objective(name: str, loss_fn, source: str = "embeddings", extras=None, **defaults):
     """`loss_fn` between the two cfg.modalities of outputs[source]; the other cfg fields are its
-    keyword arguments (with `defaults`), `extras(outputs, a, b)` adds further model outputs."""
+    keyword arguments (with `defaults`), `extras(outputs, a, b, fields)` adds further model outputs
+    (and may take fields of its own out of `fields`)."""
     def objective(outputs, batch, cfg):
         opts = _options(cfg, {"modalities": DEFAULT_MODALITIES, **defaults}, name)
         names = modality_pair(opts.pop("modalities"))
         x_a, x_b = _lookup(outputs[source], names, f'outputs["{source}"]')
         present = batch.get("present", {})
+        more = extras(outputs, *names, opts) if extras else {}
         loss, metrics = loss_fn(x_a, x_b, outputs["logit_scale"], valid_a=present.get(names[0]),
-                                valid_b=present.get(names[1]), **(extras(outputs, *names) if extras else {}), **opts)
+                                valid_b=present.get(names[1]), **more, **opts)
         return loss, _prefixed("_".join(names), metrics)
     objective.__name__ = f"{name}_objective"
     objective.__doc__ = f"`{loss_fn.__name__}` on cfg.modalities; fields {sorted(defaults)}; metrics 'a_b/...'."
@@ -289,7 +298,7 @@ def _pair_objective(name: str, loss_fn, source: str = "embeddings", extras=None,
 
 dcl_objective = _pair_objective("dcl", dcl_loss, vmf_sigma=None)
 hard_negative_objective = _pair_objective("hard_negative", hard_negative_loss, beta=1.0, tau_plus=0.1)  # paper's
-cwcl_objective = _pair_objective("cwcl", cwcl_loss, extras=_references)
+cwcl_objective = _pair_objective("cwcl", cwcl_loss, extras=_references, reference="")
 # The tower tokens are used as they are: a per-token projection to a shared width is the model's job.
 filip_objective = _pair_objective("filip", filip_loss, source="tokens", extras=_token_masks)
 
