@@ -12,6 +12,7 @@ so SimMIM's own cell generator is random masking here). Probes as MAE's.
 Variants (`configs/simmim_digits.py:mask=0.4,masking=random,model=tiny`):
   mask     masking ratio (default 0.6)
   masking  block (default) | random
+  loss     l1 (default, SimMIM's) | l2
   model    tiny (tests) | small (default)
   steps    total train steps
 """
@@ -22,15 +23,15 @@ from mmjax.config_utils import parse_variant
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    v = parse_variant(arg, {"mask": 0.6, "masking": "block", "model": "small", "steps": 0},
-                      choices={"masking": ("block", "random"), "model": tuple(mae_digits.MODELS)})
+    v = parse_variant(arg, {"mask": 0.6, "masking": "block", "loss": "l1", "model": "small", "steps": 0},
+                      choices={"masking": ("block", "random"), "loss": ("l1", "l2"), "model": tuple(mae_digits.MODELS)})
     c = mae_digits.get_config(f"mask={v.mask},model={v.model},steps={v.steps}")
     with c.unlocked():
         c.model = ml_collections.ConfigDict({
             "kind": "simmim", "modality": "image", "mask_ratio": v.mask, "masking": v.masking,
             "mask_cell": (1, 1), "channels": 1, "dtype": "float32", "param_dtype": "float32",
             "encoder": dict(c.model.encoder)})
-        c.objective = ml_collections.ConfigDict({"name": "simmim", "weights": {}})
+        c.objective = ml_collections.ConfigDict({"name": "simmim", "loss": v.loss, "weights": {}})
         # SimMIM exempts its mask token from weight decay, as position embeddings.
         c.optim.no_decay_regex = c.optim.no_decay_regex.replace(")$", "|mask_token)$")
     c.lock()

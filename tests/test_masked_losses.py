@@ -117,23 +117,26 @@ IMG_PRED = RNG.normal(size=(2, 4, 6, 3))
 PIX_MASK = np.asarray(masked.mask_to_pixels(jnp.asarray(MASK), (2, 3), 2))
 
 
-def simmim_ref(pred, target, mask_pixels):
-    # SimMIM: mask [B, 1, H, W]; (|x - x_rec| * mask).sum() / (mask.sum() + 1e-5) / in_chans
+def simmim_ref(pred, target, mask_pixels, loss="l1"):
+    # SimMIM: mask [B, 1, H, W]; (|x - x_rec| * mask).sum() / (mask.sum() + 1e-5) / in_chans (l2: squared error)
     mask = mask_pixels[:, None].astype(np.float64)
-    l1 = np.abs(pred - target).transpose(0, 3, 1, 2)
-    return (l1 * mask).sum() / (mask.sum() + 1e-5) / pred.shape[-1]
+    err = (np.abs(pred - target) if loss == "l1" else (pred - target) ** 2).transpose(0, 3, 1, 2)
+    return (err * mask).sum() / (mask.sum() + 1e-5) / pred.shape[-1]
 
 
-simmim_grad = jax.jit(jax.value_and_grad(masked.simmim_loss, has_aux=True))
+simmim_grad = jax.jit(jax.value_and_grad(masked.simmim_loss, has_aux=True), static_argnames="loss")
 
 
-def test_simmim_loss_matches_reference_and_ignores_visible_pixels():
-    grad = check_value_and_grad(lambda x: simmim_grad(x, IMG, PIX_MASK),
-                                lambda x: simmim_ref(x, IMG, PIX_MASK), IMG_PRED)
+@pytest.mark.parametrize("loss", ["l1", "l2"])
+def test_simmim_loss_matches_reference_and_ignores_visible_pixels(loss):
+    grad = check_value_and_grad(lambda x: simmim_grad(x, IMG, PIX_MASK, loss=loss),
+                                lambda x: simmim_ref(x, IMG, PIX_MASK, loss), IMG_PRED)
     assert (grad[~PIX_MASK] == 0).all()
     changed = IMG_PRED.copy()
     changed[~PIX_MASK] += 10.0
-    assert simmim_grad(changed, IMG, PIX_MASK)[0][0] == simmim_grad(IMG_PRED, IMG, PIX_MASK)[0][0]
+    assert simmim_grad(changed, IMG, PIX_MASK, loss=loss)[0][0] == simmim_grad(IMG_PRED, IMG, PIX_MASK, loss=loss)[0][0]
+    with pytest.raises(ValueError, match="loss='l3'; valid: 'l1', 'l2'"):
+        masked.simmim_loss(IMG_PRED, IMG, PIX_MASK, loss="l3")
 
 
 # ---------------------------------------------------------------- Point-MAE Chamfer

@@ -11,7 +11,7 @@ masked a loss is 0, not NaN.
   patchify_spectrogram / ...   log-mel [B, T, F]   <-> patches [B, N, pt*pf]
   mask_to_pixels               token mask [B, N]   ->  pixel mask [B, H, W]
   mae_loss                     MAE / AudioMAE: per-patch MSE, optional norm_pix
-  simmim_loss                  SimMIM: L1 on masked pixels
+  simmim_loss                  SimMIM: L1 (or L2) on masked pixels
   chamfer_l2                   Point-MAE: Chamfer-L2 per masked group
   feature_regression_loss      data2vec (L2 / smooth L1) and EVA (cosine), with
   normalize_features,          the teacher-target normalisations and data2vec's
@@ -125,20 +125,26 @@ def mae_loss(pred: jax.Array, target: jax.Array, mask: jax.Array, norm_pix: bool
     return loss, {"mse_visible": _masked_mean(per_patch, ~mask.astype(bool))}
 
 
-def simmim_loss(pred: jax.Array, target: jax.Array, mask_pixels: jax.Array) -> tuple[jax.Array, Metrics]:
-    """SimMIM's L1 loss (Xie et al. 2022) on images [B, H, W, C].
+def simmim_loss(pred: jax.Array, target: jax.Array, mask_pixels: jax.Array,
+                loss: str = "l1") -> tuple[jax.Array, Metrics]:
+    """SimMIM's loss (Xie et al. 2022) on images [B, H, W, C].
 
     mask_pixels: bool [B, H, W] (`mask_to_pixels` of the token mask), True
     where masked. As SimMIM: sum(|pred - target| * mask) / (#masked pixels +
     1e-5) / C, i.e. the mean absolute error over masked pixel channels.
+    loss="l2" squares the error instead (SimMIM's loss ablation, Table 6 of
+    the paper: l1, smooth-l1 and l2 within 0.1 points of each other).
     """
     _check_same(pred, target, "simmim_loss")
     if mask_pixels.shape != pred.shape[:3]:
         raise ValueError(f"simmim_loss: pixel mask {mask_pixels.shape} must be [B, H, W] = {pred.shape[:3]}")
-    err = jnp.mean(jnp.abs(pred.astype(jnp.float32) - target.astype(jnp.float32)), axis=-1)  # [B, H, W]
+    if loss not in ("l1", "l2"):
+        raise ValueError(f"simmim_loss: loss={loss!r}; valid: 'l1', 'l2'")
+    diff = pred.astype(jnp.float32) - target.astype(jnp.float32)
+    err = jnp.mean(jnp.abs(diff) if loss == "l1" else diff * diff, axis=-1)  # [B, H, W]
     mask = mask_pixels.astype(bool)
-    loss = jnp.sum(jnp.where(mask, err, 0.0)) / (jnp.sum(mask) + 1e-5)
-    return loss, {"l1_visible": _masked_mean(err, ~mask)}
+    value = jnp.sum(jnp.where(mask, err, 0.0)) / (jnp.sum(mask) + 1e-5)
+    return value, {f"{loss}_visible": _masked_mean(err, ~mask)}
 
 
 def chamfer_l2(pred: jax.Array, target: jax.Array, group_mask: jax.Array | None = None) -> tuple[jax.Array, Metrics]:
@@ -296,11 +302,13 @@ def simmim_objective(outputs: Mapping[str, Any], batch: Mapping[str, Any], cfg) 
     """Objective "simmim": `simmim_loss` (L1 on masked pixels) per modality, summed.
 
     outputs["masked"][m] = {"pred", "target": images [B, H, W, C], "mask":
-    bool [B, H, W] masked pixels} (see mmjax.models.simmim); cfg.weights {m: w}.
+    bool [B, H, W] masked pixels} (see mmjax.models.simmim); cfg.loss "l1"
+    (default, SimMIM's) | "l2"; cfg.weights {m: w}.
     """
     del batch
-    loss_fn = lambda out: simmim_loss(out["pred"], out["target"], out["mask"])
-    return _sum_over_modalities(outputs, cfg, loss_fn, "recon_l1")
+    kind = cfg.get("loss", "l1")
+    loss_fn = lambda out: simmim_loss(out["pred"], out["target"], out["mask"], loss=kind)
+    return _sum_over_modalities(outputs, cfg, loss_fn, f"recon_{kind}")
 
 
 def masked_feature_objective(outputs: Mapping[str, Any], batch: Mapping[str, Any], cfg) -> tuple[jax.Array, Metrics]:
