@@ -241,6 +241,22 @@ def test_data2vec_resume_is_exact_including_the_teacher(data2vec_run, tmp_path):
         np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
 
 
+def test_warm_started_student_is_copied_into_the_teacher(data2vec_run, tmp_path):
+    """config.init_from: the encoder comes from another run and the EMA teacher starts as a copy of it."""
+    config = _data2vec_config()
+    with config.unlocked():
+        config.init_from.workdir, config.init_from.params = str(data2vec_run), ("image_encoder",)
+    train.train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:2])
+    source, states = _states(data2vec_run)[2]["params"]["image_encoder"], _states(tmp_path)
+    d0 = config.model.teacher.ema_start  # the decay of step 0: teacher_1 = d0 * teacher_0 + (1 - d0) * student_1
+    flat = lambda t: flax.traverse_util.flatten_dict(t)
+    src, t1, p1 = flat(source), flat(states[1]["teacher"]), flat(states[1]["params"]["image_encoder"])
+    for k in src:
+        np.testing.assert_allclose((t1[k] - (1 - d0) * p1[k]) / d0, src[k], rtol=1e-4, atol=1e-6, err_msg=str(k))
+    p2 = flat(states[2]["params"]["image_encoder"])
+    assert max(np.abs(p2[k] - src[k]).max() for k in src) > 1e-4  # the student trained on from there
+
+
 # ---------------------------------------------------------------- the other configs train
 
 
