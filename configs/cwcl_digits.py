@@ -15,7 +15,9 @@ the locked image embeddings' own similarities (objective.reference="image"):
 
 (--config.init_from.workdir=... names another CLIP run of the same `model` size.)
 `loss=softmax` is the same locked setup with CLIP's one-hot targets: the
-paper's baseline.
+paper's baseline. Measured (600 steps of 256, locked tower from the CLIP job,
+whose own zero-shot is 0.9685): CWCL 0.968, one-hot 0.9695 zero-shot top-1;
+both reach the tower's ceiling, so no gain for CWCL shows on the digits.
 
 setup=reference: both towers train from scratch and a third, frozen image tower
 (model.reference, params["reference"], stop-gradient) gives the targets; it

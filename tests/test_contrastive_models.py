@@ -272,7 +272,7 @@ def test_locked_image_tower_comes_from_a_run_never_moves_and_gives_the_cwcl_targ
 
 
 def test_warm_start_names_what_it_cannot_do(clip_run, tmp_path):
-    directory, source = clip_run
+    directory, _ = clip_run
     config = _locked_config(directory)
     params = _random_params(build_model(config.model, _tokenizer(config)), _train_batches(config)[0], seed=0)
     with config.unlocked():
