@@ -4,8 +4,10 @@ Each image patch and caption token is projected into the shared space and
 L2-normalised (model.project_tokens); an image-caption score is the mean,
 over one side's valid tokens, of the best cosine among the other side's
 (FILIP's token-wise maximum similarity), and the loss is CLIP's softmax on
-those scores. Evaluation (zero-shot, retrieval) uses the global embeddings,
-which share the per-token projection.
+those scores. Zero-shot is reported both ways: by the global embeddings
+(which share the per-token projection) and by the token-wise score of each
+image against each class's prompts, averaged over the prompts
+(`zeroshot_tokenwise_top1_image`); retrieval uses the global embeddings.
 
     python -m mmjax.main --config configs/filip_digits.py --workdir workdirs/filip
 
@@ -31,6 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # bytes would give 32 tokens of single letters and a 2x larger token-token matrix.
         c.data.tokenizer, c.data.text_len = "bpe", 16
         c.model.project_tokens = True
+        c.eval.zeroshot_tokenwise = True
         filip = {"name": "filip", "modalities": ("image", "text")}
         if v.global_weight:
             c.objective = ml_collections.ConfigDict({"name": "sum", "terms": (

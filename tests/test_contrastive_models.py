@@ -20,6 +20,7 @@ from mmjax import parallel, train
 from mmjax.data import pipeline
 from mmjax.data.modalities import ExampleTransform
 from mmjax.data.tokenizer import get_tokenizer
+from mmjax.evals.suite import EvalSuite
 from mmjax.models import build_model
 from mmjax.models.towers import ContrastiveModel, restore_reference
 from mmjax.objectives.contrastive import softmax_contrastive_loss
@@ -172,6 +173,42 @@ def test_second_views_go_through_the_same_tower(token_model):
         for key in ("embeddings", "tokens", "token_masks"):
             np.testing.assert_allclose(both[key][m + "_view2"], alone[key][m], atol=1e-5)  # batch of 8 vs 4
         assert not np.allclose(both["embeddings"][m + "_view2"], both["embeddings"][m], atol=1e-3)
+
+
+def test_filip_config_reports_tokenwise_zeroshot_from_the_towers_tokens():
+    """eval.zeroshot_tokenwise: each eval image's projected tokens against each prompt's valid text
+    tokens (mean over image tokens of the best cosine), averaged over a class's prompts, top-1."""
+    config = filip_digits.get_config("model=tiny")
+    tokenizer = _tokenizer(config)
+    model = build_model(config.model, tokenizer)
+    batches = pipeline.make_eval_batches(config.data, split=config.data.eval_split, batch_size=32,
+                                         tokenizer=tokenizer)[:2]
+    params = jax.jit(model.init)(jax.random.key(3), {m: batches[0][m] for m in config.data.modalities})["params"]
+    suite = EvalSuite(config.eval, model, tokenizer, parallel.make_mesh(config.mesh, jax.devices()[:1]), batches)
+    results = suite(params)
+    embed = lambda x, m: jax.tree.map(np.asarray, model.apply({"params": params}, x, m, method="embed_tokens"))
+    text, text_valid = embed(suite.prompt_batch["text"][:suite.num_prompts], "text")
+    sims = []
+    for b in batches:
+        image, image_valid = embed(b["image"], "image")
+        cos = np.einsum("ind,jmd->ijnm", np.float64(image), np.float64(text))  # tokens are unit vectors
+        best = np.where(text_valid[None, :, None, :], cos, -np.inf).max(axis=3)  # [images, prompts, tokens]
+        sims.append(np.where(image_valid[:, None, :], best, 0).sum(2) / image_valid.sum(1)[:, None])
+    sims = np.concatenate(sims)
+    np.testing.assert_allclose(suite.tokenwise_similarities(params, "image"), sims, rtol=1e-4, atol=1e-5)
+    mask = np.concatenate([b["mask"] for b in batches])
+    labels = np.concatenate([b["label"] for b in batches])[mask]
+    scores = sims[mask].reshape(mask.sum(), 10, -1).mean(axis=2)
+    top2 = np.sort(scores, axis=1)[:, -2:]
+    assert np.all(top2[:, 1] - top2[:, 0] > 1e-5)  # no ties at the top, so top-1 is the argmax
+    assert results["zeroshot_tokenwise_top1_image"] == pytest.approx(np.mean(scores.argmax(1) == labels))
+    assert "zeroshot_top1_image" in results  # the global-embedding zero-shot stays
+    clip = clip_digits.get_config("model=tiny")
+    with clip.unlocked():
+        clip.eval.zeroshot_tokenwise = True
+    with pytest.raises(ValueError, match="zeroshot_tokenwise needs .* model.project_tokens"):
+        EvalSuite(clip.eval, build_model(clip.model, _tokenizer(clip)), _tokenizer(clip),
+                  parallel.make_mesh(clip.mesh, jax.devices()[:1]), batches)
 
 
 # ---------------------------------------------------------------------------- CWCL: the frozen reference

@@ -3,7 +3,9 @@ import numpy as np
 import pytest
 
 from mmjax.evals.retrieval import bidirectional_retrieval, retrieval_recall, topk_hits
-from mmjax.evals.zeroshot import build_prompts, fused_zeroshot_metrics, prompt_ensemble, zeroshot_metrics
+from mmjax.evals.zeroshot import (build_prompts, fused_zeroshot_metrics, prompt_ensemble, tokenwise_class_scores,
+                                  zeroshot_metrics, zeroshot_metrics_from_scores)
+from mmjax.objectives.contrastive_variants import filip_similarities
 
 
 def _unit(x):
@@ -199,3 +201,39 @@ def test_fused_zeroshot_rejects_unknown_or_empty_subsets():
         fused_zeroshot_metrics(z, ("image", "audio"), labels, classes)
     with pytest.raises(ValueError, match="at least one"):
         fused_zeroshot_metrics(z, (), labels, classes)
+
+
+# ---------------------------------------------------------------- FILIP token-wise zero-shot
+def np_late_interaction(ta, va, tb, vb):
+    """[A, B]: mean over a_i's valid tokens of the best cosine among b_j's valid tokens (brute force)."""
+    unit = lambda t: t / np.linalg.norm(t, axis=-1, keepdims=True)
+    out = np.zeros((len(ta), len(tb)))
+    for i in range(len(ta)):
+        for j in range(len(tb)):
+            out[i, j] = (unit(ta[i][va[i]]) @ unit(tb[j][vb[j]]).T).max(axis=1).mean()
+    return out
+
+
+def test_tokenwise_zeroshot_matches_a_direct_computation():
+    rng = np.random.default_rng(0)
+    n, classes, templates = 12, 3, 2
+    ta, tb = rng.normal(size=(n, 5, 8)), rng.normal(size=(classes * templates, 4, 8))
+    va = np.arange(5)[None] < rng.integers(1, 6, size=(n, 1))  # examples with 1-5 valid tokens
+    vb = np.arange(4)[None] < rng.integers(1, 5, size=(classes * templates, 1))
+    sims = np.asarray(filip_similarities(ta.astype(np.float32), tb.astype(np.float32), va, vb)[0])
+    want = np_late_interaction(ta, va, tb, vb)
+    np.testing.assert_allclose(sims, want, rtol=1e-5, atol=1e-6)  # rectangular: examples x prompts
+    scores = tokenwise_class_scores(sims, classes)
+    np.testing.assert_allclose(scores, want.reshape(n, classes, templates).mean(-1), rtol=1e-5, atol=1e-6)
+    labels = rng.integers(0, classes, size=n)
+    got = zeroshot_metrics_from_scores(scores, labels, topk=(1, 2))
+    top2 = np.argsort(-scores, axis=1)[:, :2]
+    assert got["zeroshot_top1"] == pytest.approx(np.mean(top2[:, 0] == labels))
+    assert got["zeroshot_top2"] == pytest.approx(np.mean((top2 == labels[:, None]).any(1)))
+    # dot-product scores through the same door give zeroshot_metrics
+    emb, cls = rng.normal(size=(n, 8)), rng.normal(size=(classes, 8))
+    assert zeroshot_metrics_from_scores(emb @ cls.T, labels) == zeroshot_metrics(emb, labels, cls)
+    with pytest.raises(ValueError, match=r"not \[N, 4 classes x templates\]"):
+        tokenwise_class_scores(sims, 4)
+    with pytest.raises(ValueError, match="finite"):
+        zeroshot_metrics_from_scores(np.where(scores > 0, np.nan, scores), labels)

@@ -1,7 +1,9 @@
 """The evaluation suite run by the trainer: embeddings once, then every metric.
 
 Per configured modality m: zero-shot classification against the class
-prompts (`zeroshot_top1_<m>`, `zeroshot_top5_<m>`). Per configured directed
+prompts (`zeroshot_top1_<m>`, `zeroshot_top5_<m>`) and, with
+`eval.zeroshot_tokenwise` (FILIP), by the token-wise late-interaction score
+averaged over each class's prompts (`zeroshot_tokenwise_top1_<m>`, ...). Per configured directed
 pair "a:b": retrieval of b from a, instance-level (`r<k>_<a>_<b>`: the paired
 example is the one right answer) and class-level (`class_r<k>_<a>_<b>`: any
 example of the query's class counts). `config.eval.aliases` adds short names
@@ -21,6 +23,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from mmjax import parallel
 from mmjax.data import digits, pipeline
 from mmjax.evals import probe, retrieval, zeroshot
+from mmjax.objectives.contrastive_variants import filip_similarities
 
 
 def parse_pairs(pairs) -> list[tuple[str, str]]:
@@ -59,6 +62,17 @@ class EvalSuite:
         self._embed = jax.jit(
             lambda params, x, mask, modality: model.apply({"params": params}, x, modality, mask, method="embed")[0],
             static_argnums=3, out_shardings=NamedSharding(mesh, P()))
+        self.tokenwise = bool(eval_cfg.get("zeroshot_tokenwise", False))
+        if self.tokenwise:
+            if not (self.zeroshot and getattr(model, "project_tokens", False)):
+                raise ValueError("config.eval.zeroshot_tokenwise needs eval.zeroshot_modalities and "
+                                 "model.project_tokens (every modality's tokens in the shared space, as FILIP)")
+            self._embed_tokens = jax.jit(
+                lambda params, x, mask, modality: model.apply({"params": params}, x, modality, mask,
+                                                              method="embed_tokens"),
+                static_argnums=3, out_shardings=NamedSharding(mesh, P()))
+            # example tokens -> prompt tokens direction: the row of FILIP's loss for an example query
+            self._late_interaction = jax.jit(lambda ta, va, tb, vb: filip_similarities(ta, tb, va, vb)[0])
 
     @classmethod
     def from_config(cls, config, model, tokenizer, mesh) -> "EvalSuite":
@@ -72,16 +86,28 @@ class EvalSuite:
         rows = x.shape[0] // jax.process_count()
         return x[jax.process_index() * rows:(jax.process_index() + 1) * rows]
 
-    def embed_all(self, params, batches, modality) -> np.ndarray:
-        """[sum of batch rows, E] embeddings of `modality` over `batches` (every process gets all)."""
+    def _per_batch(self, fn, params, batches, modality) -> list:
+        """fn(params, x, mask, modality) on each of `batches`, as NumPy (every process gets all rows)."""
         out = []
         for b in batches:
             x = {"x": self._local_rows(b[modality])}
             if f"{modality}_mask" in b:
                 x["mask"] = self._local_rows(b[f"{modality}_mask"])
             x = parallel.host_to_global(x, self.mesh)
-            out.append(np.asarray(self._embed(params, x["x"], x.get("mask"), modality)))
-        return np.concatenate(out)
+            out.append(jax.tree.map(np.asarray, fn(params, x["x"], x.get("mask"), modality)))
+        return out
+
+    def embed_all(self, params, batches, modality) -> np.ndarray:
+        """[sum of batch rows, E] embeddings of `modality` over `batches` (every process gets all)."""
+        return np.concatenate(self._per_batch(self._embed, params, batches, modality))
+
+    def tokenwise_similarities(self, params, modality) -> np.ndarray:
+        """[eval rows, prompts] FILIP late-interaction similarity of each eval example's `modality`
+        tokens to each prompt's text tokens (padding tokens on either side left out)."""
+        ((prompt_tokens, prompt_valid),) = self._per_batch(self._embed_tokens, params, [self.prompt_batch], "text")
+        prompts = prompt_tokens[:self.num_prompts], prompt_valid[:self.num_prompts]
+        return np.concatenate([np.asarray(self._late_interaction(tokens, valid, *prompts)) for tokens, valid in
+                               self._per_batch(self._embed_tokens, params, self.batches, modality)])
 
     def __call__(self, params) -> dict[str, float]:
         mask = np.concatenate([b["mask"] for b in self.batches])
@@ -94,6 +120,11 @@ class EvalSuite:
             for m in self.zeroshot:
                 for key, value in zeroshot.zeroshot_metrics(z[m], labels, classes, topk=(1, 5)).items():
                     results[f"{key}_{m}"] = value
+                if self.tokenwise:
+                    scores = zeroshot.tokenwise_class_scores(self.tokenwise_similarities(params, m)[mask],
+                                                             len(digits.CLASS_NAMES))
+                    for key, value in zeroshot.zeroshot_metrics_from_scores(scores, labels, topk=(1, 5)).items():
+                        results[f"{key.replace('zeroshot_', 'zeroshot_tokenwise_')}_{m}"] = value
         ks = tuple(self.cfg.retrieval_ks)
         for a, b in self.pairs:
             for k, v in retrieval.retrieval_recall(z[a], z[b], ks=ks).items():

@@ -3,7 +3,10 @@
 Flow: `build_prompts` -> text tower -> reshape to [C, T, D] -> `prompt_ensemble`
 -> `zeroshot_metrics` against the (normalised) embeddings of the eval examples.
 `fused_zeroshot_metrics` does the same for the late fusion of a subset of each
-example's modalities (missing modalities at test time).
+example's modalities (missing modalities at test time). FILIP's token-wise
+zero-shot has no class embedding: `tokenwise_class_scores` averages the
+example-to-prompt late-interaction scores over each class's templates and
+`zeroshot_metrics_from_scores` ranks them.
 Ranking and its tie rule are those of `mmjax.evals.retrieval.topk_hits`: a class
 tied with the true one shares the top-k credit, so a collapsed model scores
 exactly chance (k / C), never a flattering 1.0.
@@ -73,20 +76,43 @@ def zeroshot_metrics(
     Returns:
       {"zeroshot_top1": ..., "zeroshot_top5": ...} as Python floats in [0, 1].
     """
-    embeddings, labels = np.asarray(embeddings), np.asarray(labels)
-    if labels.shape != embeddings.shape[:1] or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"labels must be {embeddings.shape[:1]} integers, "
-                         f"got {labels.shape} {labels.dtype}")
-    # Mask first: padding rows may hold anything, NaN or label -1 included.
-    embeddings, labels = select_rows(mask, embeddings, labels)
+    embeddings, labels = _checked_rows(embeddings, labels, mask)
     embeddings = as_embedding_matrix(embeddings, "embeddings")
     class_embeddings = as_embedding_matrix(class_embeddings, "class_embeddings")
-    num_classes = class_embeddings.shape[0]
+    return _topk_accuracy(embeddings @ class_embeddings.T, labels, topk)  # scores [N, C]
+
+
+def zeroshot_metrics_from_scores(scores, labels, mask=None, topk: Sequence[int] = (1, 5)) -> dict[str, float]:
+    """`zeroshot_metrics` for class scores computed otherwise ([N, C], higher = more likely), e.g.
+    FILIP's token-wise similarity averaged over each class's prompts (`tokenwise_class_scores`)."""
+    scores, labels = _checked_rows(scores, labels, mask)
+    if scores.ndim != 2 or not np.all(np.isfinite(scores)):
+        raise ValueError(f"scores must be a finite [N, C] matrix, got shape {scores.shape}")
+    return _topk_accuracy(scores, labels, topk)
+
+
+def tokenwise_class_scores(similarities, num_classes: int) -> np.ndarray:
+    """[N, C * T] example-to-prompt similarities (class-major prompts, as `build_prompts`) -> [N, C]:
+    the mean over each class's T templates (a late-interaction score has no embedding to average)."""
+    s = np.asarray(similarities, np.float32)
+    if s.ndim != 2 or s.shape[1] % num_classes:
+        raise ValueError(f"similarities {s.shape} are not [N, {num_classes} classes x templates]")
+    return s.reshape(s.shape[0], num_classes, -1).mean(axis=2)
+
+
+def _checked_rows(rows, labels, mask):
+    rows, labels = np.asarray(rows), np.asarray(labels)
+    if labels.shape != rows.shape[:1] or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be {rows.shape[:1]} integers, got {labels.shape} {labels.dtype}")
+    # Mask first: padding rows may hold anything, NaN or label -1 included.
+    return select_rows(mask, rows, labels)
+
+
+def _topk_accuracy(scores: np.ndarray, labels: np.ndarray, topk: Sequence[int]) -> dict[str, float]:
+    num_classes = scores.shape[1]
     if labels.min() < 0 or labels.max() >= num_classes:
         raise ValueError(
             f"labels span [{labels.min()}, {labels.max()}] but there are {num_classes} classes")
-
-    scores = embeddings @ class_embeddings.T  # [N, C]
     positive = scores[np.arange(len(labels)), labels]
     hits = topk_hits(scores, positive, topk).mean(axis=0)
     return {f"zeroshot_top{k}": float(h) for k, h in zip(topk, hits)}

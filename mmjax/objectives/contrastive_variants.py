@@ -134,13 +134,14 @@ def cwcl_loss(za, zb, scale, ref_a=None, ref_b=None, valid_a=None, valid_b=None)
 
 
 def filip_similarities(tokens_a, tokens_b, token_valid_a=None, token_valid_b=None) -> tuple[jax.Array, jax.Array]:
-    """FILIP's late interaction (Yao et al. 2021), [B, B] each, on L2-normalised tokens:
+    """FILIP's late interaction (Yao et al. 2021), [A, B] each, between token sets [A, Na, D] and
+    [B, Nb, D] (a batch against itself in the loss; examples against class prompts in zero-shot):
     s_ab[i, j] = mean over valid tokens t of a_i of max over valid tokens s of b_j of <a_it, b_js>,
     s_ba[i, j] = mean over valid tokens s of b_j of max over valid tokens t of a_i of the same.
-    The [B, B, Na, Nb] cosines are materialised: fine at CPU scale, not for huge batches."""
+    The [A, B, Na, Nb] cosines are materialised: fine at CPU scale, not for huge batches."""
     ta, tb = _unit(tokens_a), _unit(tokens_b)
-    if ta.ndim != 3 or tb.ndim != 3 or ta.shape[0] != tb.shape[0] or ta.shape[2] != tb.shape[2]:
-        raise ValueError(f"FILIP wants token arrays [B, N, D] with equal B and D, got {ta.shape} and {tb.shape}")
+    if ta.ndim != 3 or tb.ndim != 3 or ta.shape[2] != tb.shape[2]:
+        raise ValueError(f"FILIP wants token arrays [B, N, D] of equal D, got {ta.shape} and {tb.shape}")
     ma = jnp.ones(ta.shape[:2], bool) if token_valid_a is None else jnp.asarray(token_valid_a, bool)
     mb = jnp.ones(tb.shape[:2], bool) if token_valid_b is None else jnp.asarray(token_valid_b, bool)
     cos = jnp.einsum("ind,jmd->ijnm", ta, tb, precision=jax.lax.Precision.HIGHEST)  # [B, B, Na, Nb]
