@@ -90,6 +90,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         "every_steps": 200, "batch_size": 512, "retrieval_ks": (1, 5, 10),
         "zeroshot_modalities": ("image",),
         "zeroshot_tokenwise": False,  # also FILIP's token-wise zero-shot (needs model.project_tokens)
+        "zeroshot_multilinear": (),  # "a+b": the class by <a, b, prompt> (Symile)
         "probe_modalities": (),  # kNN, linear and few-shot probes on frozen features (train split -> test)
         "few_shot_ways": 5, "few_shot_shots": (1, 5),
         "at_start": False,  # also evaluate the untrained model (logged at step 0)

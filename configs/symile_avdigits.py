@@ -4,8 +4,11 @@ A triple scores by the multilinear inner product sum_d x_d y_d z_d of the
 three embeddings, and each modality in turn picks its example's pair of the
 other two out of negatives: "n" (default) shuffles the other modalities' rows
 (O(B) candidates), "n_squared" takes every combination (B^2). Evaluated on the
-test split: zero-shot from image and audio to the text prompts, and retrieval
-audio->image, image->text, audio->text (pairwise cosines of the same embeddings).
+test split: Symile's zero-shot, the caption class given image and audio by
+the multilinear product <image, audio, prompt> (`zeroshot_multilinear_top1_image_audio`);
+zero-shot from image or audio alone and retrieval audio->image, image->text,
+audio->text by pairwise cosines of the same embeddings (which Symile does not
+train: it scores triples).
 
     python -m mmjax.main --config configs/symile_avdigits.py --workdir workdirs/symile
 
@@ -44,6 +47,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.objective = ml_collections.ConfigDict({"name": "symile", "modalities": MODALITIES,
                                                  "negatives": v.negatives, "seed": 0})
         c.eval.zeroshot_modalities = ("image", "audio")
+        c.eval.zeroshot_multilinear = ("image+audio",)  # Symile's own zero-shot: the caption given the other two
         c.eval.retrieval_pairs = ("audio:image", "image:text", "audio:text")
     c.lock()
     return c

@@ -20,6 +20,8 @@ from mmjax import parallel, train
 from mmjax.data import pipeline
 from mmjax.data.modalities import ExampleTransform
 from mmjax.data.tokenizer import get_tokenizer
+from mmjax.data import digits
+from mmjax.evals import zeroshot
 from mmjax.evals.suite import EvalSuite
 from mmjax.models import build_model
 from mmjax.models.towers import ContrastiveModel, restore_reference
@@ -212,6 +214,37 @@ def test_filip_config_reports_tokenwise_zeroshot_from_the_towers_tokens():
 
 
 # ---------------------------------------------------------------------------- CWCL: the frozen reference
+def test_symile_config_reports_multilinear_zeroshot():
+    """eval.zeroshot_multilinear "image+audio": the caption class t maximising <image, audio, t>."""
+    config = symile_avdigits.get_config("model=tiny")
+    tokenizer = _tokenizer(config)
+    model = build_model(config.model, tokenizer)
+    batches = pipeline.make_eval_batches(config.data, split=config.data.eval_split, batch_size=32,
+                                         tokenizer=tokenizer)[:2]
+    params = jax.jit(model.init)(jax.random.key(4), {m: batches[0][m] for m in config.data.modalities}
+                                 | {"audio_mask": batches[0]["audio_mask"]})["params"]
+    mesh = parallel.make_mesh(config.mesh, jax.devices()[:1])
+    results = EvalSuite(config.eval, model, tokenizer, mesh, batches)(params)
+    embed = lambda x, m, mask=None: np.asarray(model.apply({"params": params}, x, m, mask, method="embed")[0])
+    image = np.concatenate([embed(b["image"], "image") for b in batches])
+    audio = np.concatenate([embed(b["audio"], "audio", b["audio_mask"]) for b in batches])
+    prompts = embed(tokenizer.encode_batch(zeroshot.build_prompts(
+        digits.CLASS_NAMES, [str(d) for d in range(10)], digits.ZEROSHOT_PROMPTS)), "text").reshape(10, -1, image.shape[1])
+    classes = prompts.mean(1) / np.linalg.norm(prompts.mean(1), axis=1, keepdims=True)
+    mask = np.concatenate([b["mask"] for b in batches])
+    labels = np.concatenate([b["label"] for b in batches])[mask]
+    scores = np.einsum("nd,nd,cd->nc", image[mask], audio[mask], classes)
+    top2 = np.sort(scores, axis=1)[:, -2:]
+    assert np.all(top2[:, 1] - top2[:, 0] > 1e-6)  # no ties at the top
+    assert results["zeroshot_multilinear_top1_image_audio"] == pytest.approx(np.mean(scores.argmax(1) == labels))
+    for entry, message in [("image", "two or more modalities"),
+                           ("image+depth", r"\['depth'\] the model has no tower for")]:
+        with config.unlocked():
+            config.eval.zeroshot_multilinear = (entry,)
+        with pytest.raises(ValueError, match=message):
+            EvalSuite(config.eval, model, tokenizer, mesh, batches)
+
+
 def _save_run(directory, params, data_iter):
     """A finished run's checkpoint, as the trainer writes it."""
     ckpt = ckpt_lib.Checkpointer(str(directory / "checkpoints"), every_steps=1, keep=1, async_save=False)

@@ -3,7 +3,10 @@
 Per configured modality m: zero-shot classification against the class
 prompts (`zeroshot_top1_<m>`, `zeroshot_top5_<m>`) and, with
 `eval.zeroshot_tokenwise` (FILIP), by the token-wise late-interaction score
-averaged over each class's prompts (`zeroshot_tokenwise_top1_<m>`, ...). Per configured directed
+averaged over each class's prompts (`zeroshot_tokenwise_top1_<m>`, ...).
+Per `eval.zeroshot_multilinear` entry "a+b" (Symile): the class whose prompt
+embedding t maximises the multilinear inner product sum_d a_d b_d t_d of the
+example's a and b embeddings (`zeroshot_multilinear_top1_a_b`, ...). Per configured directed
 pair "a:b": retrieval of b from a, instance-level (`r<k>_<a>_<b>`: the paired
 example is the one right answer) and class-level (`class_r<k>_<a>_<b>`: any
 example of the query's class counts). `config.eval.aliases` adds short names
@@ -43,11 +46,16 @@ class EvalSuite:
         self.pairs = parse_pairs(eval_cfg.retrieval_pairs)
         self.zeroshot = tuple(eval_cfg.zeroshot_modalities)
         self.probes = tuple(eval_cfg.probe_modalities)
+        self.multilinear = [tuple(entry.split("+")) for entry in eval_cfg.get("zeroshot_multilinear", ())]
+        if any(len(group) < 2 or not all(group) for group in self.multilinear):
+            raise ValueError(f"config.eval.zeroshot_multilinear {tuple(eval_cfg.zeroshot_multilinear)}: expected "
+                             f"entries of two or more modalities joined by '+', e.g. 'image+audio'")
         if self.probes and not probe_batches:
             raise ValueError("config.eval.probe_modalities needs the train split's batches (probe_batches)")
         towers = set(model.towers) if hasattr(model, "towers") else {model.modality}
-        needed = (set(self.zeroshot) | {m for p in self.pairs for m in p} | ({"text"} if self.zeroshot else set())
-                  | set(self.probes))
+        needed = (set(self.zeroshot) | {m for p in self.pairs for m in p} | set(self.probes)
+                  | {m for group in self.multilinear for m in group}
+                  | ({"text"} if self.zeroshot or self.multilinear else set()))
         if needed - towers:
             raise ValueError(f"config.eval names modalities {sorted(needed - towers)} the model has no tower for; "
                              f"towers: {sorted(towers)}")
@@ -114,7 +122,7 @@ class EvalSuite:
         labels = np.concatenate([b["label"] for b in self.batches])[mask]
         z = {m: self.embed_all(params, self.batches, m)[mask] for m in self.modalities}
         results = {}
-        if self.zeroshot:
+        if self.zeroshot or self.multilinear:
             z_prompts = self.embed_all(params, [self.prompt_batch], "text")[:self.num_prompts]
             classes = zeroshot.prompt_ensemble(z_prompts.reshape(len(digits.CLASS_NAMES), -1, z_prompts.shape[-1]))
             for m in self.zeroshot:
@@ -125,6 +133,10 @@ class EvalSuite:
                                                              len(digits.CLASS_NAMES))
                     for key, value in zeroshot.zeroshot_metrics_from_scores(scores, labels, topk=(1, 5)).items():
                         results[f"{key.replace('zeroshot_', 'zeroshot_tokenwise_')}_{m}"] = value
+            for group in self.multilinear:
+                scores = np.prod([z[m] for m in group], axis=0) @ classes.T  # <a, b, ..., t_c>
+                for key, value in zeroshot.zeroshot_metrics_from_scores(scores, labels, topk=(1, 5)).items():
+                    results[f"{key.replace('zeroshot_', 'zeroshot_multilinear_')}_{'_'.join(group)}"] = value
         ks = tuple(self.cfg.retrieval_ks)
         for a, b in self.pairs:
             for k, v in retrieval.retrieval_recall(z[a], z[b], ks=ks).items():
