@@ -177,16 +177,23 @@ def test_second_views_go_through_the_same_tower(token_model):
         assert not np.allclose(both["embeddings"][m + "_view2"], both["embeddings"][m], atol=1e-3)
 
 
+def _eval_setup(config, num_batches=2):
+    """(tokenizer, model, one-device mesh, the first eval batches of 32, initial params) for an EvalSuite."""
+    tokenizer = _tokenizer(config)
+    model = build_model(config.model, tokenizer)
+    batches = pipeline.make_eval_batches(config.data, split=config.data.eval_split, batch_size=32,
+                                         tokenizer=tokenizer)[:num_batches]
+    inputs = {k: v for k, v in batches[0].items() if k in config.data.modalities or k.endswith("_mask")}
+    params = jax.jit(model.init)(jax.random.key(3), inputs)["params"]
+    return tokenizer, model, parallel.make_mesh(config.mesh, jax.devices()[:1]), batches, params
+
+
 def test_filip_config_reports_tokenwise_zeroshot_from_the_towers_tokens():
     """eval.zeroshot_tokenwise: each eval image's projected tokens against each prompt's valid text
     tokens (mean over image tokens of the best cosine), averaged over a class's prompts, top-1."""
     config = filip_digits.get_config("model=tiny")
-    tokenizer = _tokenizer(config)
-    model = build_model(config.model, tokenizer)
-    batches = pipeline.make_eval_batches(config.data, split=config.data.eval_split, batch_size=32,
-                                         tokenizer=tokenizer)[:2]
-    params = jax.jit(model.init)(jax.random.key(3), {m: batches[0][m] for m in config.data.modalities})["params"]
-    suite = EvalSuite(config.eval, model, tokenizer, parallel.make_mesh(config.mesh, jax.devices()[:1]), batches)
+    tokenizer, model, mesh, batches, params = _eval_setup(config)
+    suite = EvalSuite(config.eval, model, tokenizer, mesh, batches)
     results = suite(params)
     embed = lambda x, m: jax.tree.map(np.asarray, model.apply({"params": params}, x, m, method="embed_tokens"))
     text, text_valid = embed(suite.prompt_batch["text"][:suite.num_prompts], "text")
@@ -217,13 +224,7 @@ def test_filip_config_reports_tokenwise_zeroshot_from_the_towers_tokens():
 def test_symile_config_reports_multilinear_zeroshot():
     """eval.zeroshot_multilinear "image+audio": the caption class t maximising <image, audio, t>."""
     config = symile_avdigits.get_config("model=tiny")
-    tokenizer = _tokenizer(config)
-    model = build_model(config.model, tokenizer)
-    batches = pipeline.make_eval_batches(config.data, split=config.data.eval_split, batch_size=32,
-                                         tokenizer=tokenizer)[:2]
-    params = jax.jit(model.init)(jax.random.key(4), {m: batches[0][m] for m in config.data.modalities}
-                                 | {"audio_mask": batches[0]["audio_mask"]})["params"]
-    mesh = parallel.make_mesh(config.mesh, jax.devices()[:1])
+    tokenizer, model, mesh, batches, params = _eval_setup(config)
     results = EvalSuite(config.eval, model, tokenizer, mesh, batches)(params)
     embed = lambda x, m, mask=None: np.asarray(model.apply({"params": params}, x, m, mask, method="embed")[0])
     image = np.concatenate([embed(b["image"], "image") for b in batches])
