@@ -130,7 +130,7 @@ def main():
         why,
         common.machine_line(run_s) + f" Sum of the {sum(map(len, results.values()))} runs' wall times"
         + (f" ({reused} reused from an earlier invocation, their recorded times)" if reused else "")
-        + f"; 15-min load average at the end {os.getloadavg()[2]:.1f} (the 2 cores were shared).",
+        + ". " + common.load_line(),
         f"Command: `python -m experiments.{NAME}{' --smoke' if args.smoke else ''}`"], directory)
 
 

@@ -165,7 +165,7 @@ def report(results, batch_sizes, wall_s, reused, args, directory):
         setup, table, claims, why,
         common.machine_line(wall_s) + f" Sum of the {len(results) * seeds} runs' wall times"
         + (f" ({reused} reused from an earlier invocation, their recorded times)" if reused else "")
-        + f"; 15-min load average at the end {os.getloadavg()[2]:.1f} (the 2 cores were shared).",
+        + ". " + common.load_line(),
         f"Command: `python -m experiments.{NAME}{' --smoke' if args.smoke else ''}`"], directory)
 
 

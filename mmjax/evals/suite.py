@@ -75,9 +75,9 @@ class EvalSuite:
             if not (self.zeroshot and getattr(model, "project_tokens", False)):
                 raise ValueError("config.eval.zeroshot_tokenwise needs eval.zeroshot_modalities and "
                                  "model.project_tokens (every modality's tokens in the shared space, as FILIP)")
-            self._embed_tokens = jax.jit(
+            self._embed_with_tokens = jax.jit(
                 lambda params, x, mask, modality: model.apply({"params": params}, x, modality, mask,
-                                                              method="embed_tokens"),
+                                                              method="embed_with_tokens"),
                 static_argnums=3, out_shardings=NamedSharding(mesh, P()))
             # example tokens -> prompt tokens direction: the row of FILIP's loss for an example query
             self._late_interaction = jax.jit(lambda ta, va, tb, vb: filip_similarities(ta, tb, va, vb)[0])
@@ -109,28 +109,46 @@ class EvalSuite:
         """[sum of batch rows, E] embeddings of `modality` over `batches` (every process gets all)."""
         return np.concatenate(self._per_batch(self._embed, params, batches, modality))
 
+    def embed_prompts(self, params) -> tuple[np.ndarray, ...]:
+        """The class prompts' text embeddings [prompts, E] and, with token-wise zero-shot, their tokens
+        and token validity, from one pass of the text tower."""
+        if not self.tokenwise:
+            return (self.embed_all(params, [self.prompt_batch], "text")[:self.num_prompts],)
+        ((z, tokens, valid),) = self._per_batch(self._embed_with_tokens, params, [self.prompt_batch], "text")
+        return z[:self.num_prompts], tokens[:self.num_prompts], valid[:self.num_prompts]
+
+    def embed_and_score_tokens(self, params, modality, prompt_tokens, prompt_valid) -> tuple[np.ndarray, np.ndarray]:
+        """([eval rows, E] embeddings of `modality`, [eval rows, prompts] FILIP late-interaction
+        similarities of its tokens to each prompt's text tokens), from one tower pass over the eval
+        batches (padding tokens on either side left out)."""
+        z, sims = [], []
+        for emb, tokens, valid in self._per_batch(self._embed_with_tokens, params, self.batches, modality):
+            z.append(emb)
+            sims.append(np.asarray(self._late_interaction(tokens, valid, prompt_tokens, prompt_valid)))
+        return np.concatenate(z), np.concatenate(sims)
+
     def tokenwise_similarities(self, params, modality) -> np.ndarray:
-        """[eval rows, prompts] FILIP late-interaction similarity of each eval example's `modality`
-        tokens to each prompt's text tokens (padding tokens on either side left out)."""
-        ((prompt_tokens, prompt_valid),) = self._per_batch(self._embed_tokens, params, [self.prompt_batch], "text")
-        prompts = prompt_tokens[:self.num_prompts], prompt_valid[:self.num_prompts]
-        return np.concatenate([np.asarray(self._late_interaction(tokens, valid, *prompts)) for tokens, valid in
-                               self._per_batch(self._embed_tokens, params, self.batches, modality)])
+        """[eval rows, prompts]: the similarities of `embed_and_score_tokens`."""
+        return self.embed_and_score_tokens(params, modality, *self.embed_prompts(params)[1:])[1]
 
     def __call__(self, params) -> dict[str, float]:
         mask = np.concatenate([b["mask"] for b in self.batches])
         labels = np.concatenate([b["label"] for b in self.batches])[mask]
-        z = {m: self.embed_all(params, self.batches, m)[mask] for m in self.modalities}
-        results = {}
-        if self.zeroshot or self.multilinear:
-            z_prompts = self.embed_all(params, [self.prompt_batch], "text")[:self.num_prompts]
+        results, z, sims = {}, {}, {}
+        prompts = self.embed_prompts(params) if self.zeroshot or self.multilinear else None
+        for m in self.modalities:  # one tower pass per modality, token-wise scores included
+            if self.tokenwise and m in self.zeroshot:
+                z[m], sims[m] = (x[mask] for x in self.embed_and_score_tokens(params, m, *prompts[1:]))
+            else:
+                z[m] = self.embed_all(params, self.batches, m)[mask]
+        if prompts is not None:
+            z_prompts = prompts[0]
             classes = zeroshot.prompt_ensemble(z_prompts.reshape(len(digits.CLASS_NAMES), -1, z_prompts.shape[-1]))
             for m in self.zeroshot:
                 for key, value in zeroshot.zeroshot_metrics(z[m], labels, classes, topk=(1, 5)).items():
                     results[f"{key}_{m}"] = value
                 if self.tokenwise:
-                    scores = zeroshot.tokenwise_class_scores(self.tokenwise_similarities(params, m)[mask],
-                                                             len(digits.CLASS_NAMES))
+                    scores = zeroshot.tokenwise_class_scores(sims[m], len(digits.CLASS_NAMES))
                     for key, value in zeroshot.zeroshot_metrics_from_scores(scores, labels, topk=(1, 5)).items():
                         results[f"{key.replace('zeroshot_', 'zeroshot_tokenwise_')}_{m}"] = value
             for group in self.multilinear:

@@ -176,10 +176,15 @@ class ContrastiveModel(nn.Module):
             tokens = l2_normalize(self.projections[modality](tokens))
         return z, tokens
 
+    def embed_with_tokens(self, x, modality: str, mask=None):
+        """`embed` plus which tokens hold input, from one tower pass: (embedding [B, E], tokens
+        [B, N, E or D], bool [B, N])."""
+        z, tokens = self.embed(x, modality, mask)
+        return z, tokens, token_validity(self.encoders[modality], x, mask, tokens.shape[1])
+
     def embed_tokens(self, x, modality: str, mask=None):
         """One modality's input -> (its tokens [B, N, E or D], bool [B, N] which of them hold input)."""
-        tokens = self.embed(x, modality, mask)[1]
-        return tokens, token_validity(self.encoders[modality], x, mask, tokens.shape[1])
+        return self.embed_with_tokens(x, modality, mask)[1:]
 
     def __call__(self, batch: Mapping[str, Any]):
         embeddings, tokens, token_masks = {}, {}, {}
