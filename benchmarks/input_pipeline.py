@@ -6,8 +6,8 @@ Measures, in one process on this machine:
   * the Grain train iterator of the config (all transforms: decode, log-mel,
     SpecAugment, point sampling and augmentation, tokenisation; threads as
     config.data.num_threads), for several thread counts, after a warm-up;
-  * the jitted train step of the same config on one batch of the same shapes
-    (model, optimiser and objective as in training), after compilation;
+  * the jitted train step of the same config (mmjax.step's, the one training runs:
+    model, objective, accumulation, optimiser) on one batch, after compilation;
 and prints a Markdown table with the ratio (target: pipeline >= 5x the step).
 The two are timed separately, each with both cores; in training they share
 them, so the ratio is an upper bound on the headroom seen in a run.
@@ -25,12 +25,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mmjax import parallel  # noqa: E402
+from mmjax import step as step_lib  # noqa: E402
+from mmjax.batch_keys import model_inputs  # noqa: E402
 from mmjax.data import pipeline  # noqa: E402
-from mmjax.data.tokenizer import get_tokenizer  # noqa: E402
-from mmjax.models import build_model  # noqa: E402
-from mmjax.objectives import get_objective  # noqa: E402
-from mmjax.optim import make_optimizer  # noqa: E402
-from mmjax.train import model_inputs, state_layout  # noqa: E402
 
 
 def load_config(path: str):
@@ -53,31 +50,20 @@ def pipeline_rate(config, tokenizer, threads: int, batches: int) -> float:
     return batches * config.batch_size / (time.perf_counter() - start)
 
 
-def step_rate(config, tokenizer, batch, steps: int) -> float:
+def step_rate(config, setup, batch, steps: int) -> float:
     mesh = parallel.make_mesh(config.mesh)
-    model = build_model(config.model, tokenizer)
-    objective = get_objective(config.objective.name)
-    tx, _ = make_optimizer(config.optim, config.total_steps)
-    init_state, _, shardings = state_layout(config, model, tx, mesh, batch, jax.random.key(0))
-    state = jax.jit(init_state, out_shardings=shardings)()
-
-    def train_step(state, batch):
-        def loss_fn(params):
-            rngs = {"dropout": jax.random.key(1), "masking": jax.random.key(2)}
-            return objective(model.apply({"params": params}, batch, rngs=rngs), batch, config.objective)[0]
-        grads = jax.grad(loss_fn)(state["params"])
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        return {**state, "params": jax.tree_util.tree_map(lambda p, u: p + u, state["params"], updates),
-                "opt_state": opt_state}
-
-    step = jax.jit(train_step, donate_argnums=0)
+    init_rng, train_rng = step_lib.run_rngs(config.seed)
+    layout = step_lib.state_layout(setup, mesh, init_rng)
+    state = jax.jit(layout.init, out_shardings=layout.shardings)()
+    step = step_lib.jit_train_step(setup, train_rng, mesh, layout.shardings)
     batch = parallel.host_to_global(model_inputs(batch), mesh)
-    state = step(state, batch)
-    jax.block_until_ready(state)
-    start = time.perf_counter()
-    for _ in range(steps):
-        state = step(state, batch)
-    jax.block_until_ready(state)
+    with jax.set_mesh(mesh):  # as in training: objectives with explicit collectives read it
+        state, _ = step(state, batch)
+        jax.block_until_ready(state)
+        start = time.perf_counter()
+        for _ in range(steps):
+            state, _ = step(state, batch)
+        jax.block_until_ready(state)
     return steps * config.batch_size / (time.perf_counter() - start)
 
 
@@ -89,10 +75,11 @@ def main():
     parser.add_argument("--threads", type=int, nargs="*", default=[1, 2, 4])
     args = parser.parse_args()
     config = load_config(args.config)
-    tokenizer = get_tokenizer(config.data.tokenizer, config.data.text_len, config.data.tokenizer_path or None)
+    setup = step_lib.build(config)
+    tokenizer = setup.tokenizer
     first = next(pipeline.make_train_iterator(config.data, global_batch_size=config.batch_size, seed=0,
                                               tokenizer=tokenizer, shard_index=0, shard_count=1))
-    consumed = step_rate(config, tokenizer, first, args.steps)
+    consumed = step_rate(config, setup, first, args.steps)
     print(f"config: {os.path.relpath(args.config, ROOT)}, batch {config.batch_size}, "
           f"{os.cpu_count()} CPU cores, jax {jax.__version__} on {jax.default_backend()}\n")
     print(f"train step consumes: {consumed:.0f} examples/s\n")

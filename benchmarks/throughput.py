@@ -2,9 +2,9 @@
 
 One step = forward of both towers, softmax CLIP loss, backward, AdamW update.
   * mmjax: `ContrastiveModel` from mmjax.models, the "softmax" objective from
-    mmjax.objectives, the optimiser from mmjax.optim, composed as mmjax/train.py
-    composes them (value_and_grad -> tx.update -> apply_updates), `jax.jit`
-    with the state donated; the batch is already on the device.
+    mmjax.objectives, the optimiser from mmjax.optim, in the train step mmjax/train.py
+    runs (mmjax.step: value_and_grad -> tx.update -> apply_updates, plus the step's
+    metrics), `jax.jit` with the state donated; the batch is already on the device.
   * open_clip: `open_clip.create_model(name)`, `ClipLoss`, `torch.optim.AdamW`
     (benchmarks/peers/open_clip_step.py), the same batch.
 The two alternate step by step after their warm-up steps (compilation, first
@@ -15,8 +15,8 @@ benchmarks/matmul_peak.py in the same process (formula in `train_flops`).
     python benchmarks/throughput.py --model vit_b16 --batch 8           # CPU, fp32
     python benchmarks/throughput.py --model vit_b16 --batch 256 --dtype bfloat16   # GPU, bf16 autocast
 
-Imports only mmjax.models, mmjax.objectives and mmjax.optim (no grain or tfds),
-so it runs where only jax, flax (with its orbax-checkpoint), optax,
+Imports mmjax.step and mmjax.models (with the objectives and optimiser they use; no grain or
+tfds), so it runs where only jax, flax (with its orbax-checkpoint), optax,
 ml_collections and torch are: see benchmarks/README.md for a GPU machine.
 """
 from __future__ import annotations
@@ -38,16 +38,14 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
-import optax  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # matmul_peak, peers/
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # mmjax, if not installed
 
 from matmul_peak import matmul_peak  # noqa: E402
+from mmjax import step as step_lib  # noqa: E402
 from mmjax.models import layers  # noqa: E402
 from mmjax.models.towers import ContrastiveModel  # noqa: E402
-from mmjax.objectives import get_objective  # noqa: E402
-from mmjax.optim import make_optimizer  # noqa: E402
 
 IMAGE, PATCH, CONTEXT, VOCAB = 224, 16, 77, 49408
 EOT = VOCAB - 1  # CLIP's <end_of_text>: the largest id, which open_clip's argmax pooling relies on
@@ -117,24 +115,14 @@ def make_batch(batch: int, seed: int = 0) -> dict:
 
 
 def make_train_step(model, batch: dict):
-    """(jitted donated step(state, batch) -> (state, loss), initial state) built as mmjax/train.py builds it."""
-    objective = get_objective("softmax")
-    objective_cfg = ml_collections.ConfigDict({"name": "softmax", "modalities": ("image", "text")})
-    tx, _ = make_optimizer(ml_collections.ConfigDict(OPTIM), total_steps=1)
-
-    def init(batch):
-        params = model.init(jax.random.key(0), batch)["params"]
-        return {"params": params, "opt_state": tx.init(params)}
-
-    def step(state, batch):
-        def loss_fn(params):
-            return objective(model.apply({"params": params}, batch), batch, objective_cfg)
-
-        (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        return {"params": optax.apply_updates(state["params"], updates), "opt_state": opt_state}, loss
-
-    return jax.jit(step, donate_argnums=0), jax.jit(init)(batch)
+    """(jitted donated step(state, batch) -> (state, metrics), initial state): mmjax.step's train step,
+    the one mmjax/train.py runs, on `model` with the softmax CLIP loss and open_clip's optimiser."""
+    config = ml_collections.ConfigDict({
+        "model": {}, "objective": {"name": "softmax", "modalities": ("image", "text")}, "optim": OPTIM,
+        "total_steps": 1, "accumulation": {"steps": 1, "mode": "gradcache"}})  # steps=1: no accumulation
+    setup = step_lib.build(config, model=model)
+    state = jax.jit(lambda b: step_lib.init_state(setup, b, jax.random.key(0)))(batch)
+    return step_lib.jit_train_step(setup, jax.random.key(1)), state
 
 
 def timed(fn, *args):
@@ -227,9 +215,10 @@ def main():
 
     times = {"mmjax": [], "open_clip": []}  # every step's seconds; the warm-up ones are dropped below
     for i in range(args.warmup + args.steps):
-        seconds, (state, loss) = timed(step, state, batch)
+        seconds, (state, metrics) = timed(step, state, batch)
         times["mmjax"].append(seconds)
-        line = f"step {i}{' (warm-up)' if i < args.warmup else ''}: mmjax {seconds:.3f} s loss {float(loss):.4f}"
+        line = (f"step {i}{' (warm-up)' if i < args.warmup else ''}: mmjax {seconds:.3f} s "
+                f"loss {float(metrics['loss']):.4f}")
         if args.peer:
             seconds, peer_loss = peer.timed_step(images, texts)
             times["open_clip"].append(seconds)

@@ -35,9 +35,11 @@ Variants (`configs/cwcl_digits.py:setup=reference,model=tiny`):
 """
 import ml_collections
 
-from configs import clip_digits
+from configs.blocks import contrastive, digits, evals, trainer
 from mmjax.config_utils import parse_variant
+from mmjax.data.config import data_config
 
+MODALITIES = ("image", "text")
 LOCKED = ("image_encoder", "image_proj")  # the image tower LiT / the paper keep frozen
 
 
@@ -47,16 +49,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                "reference": ("image", "text"), "model": ("tiny", "small")})
     if v.setup == "reference" and v.loss != "cwcl":
         raise ValueError("cwcl_digits: setup=reference trains both towers with CWCL; loss=softmax is clip_digits")
-    c = clip_digits.get_config(f"model={v.model},steps={v.steps}")
-    with c.unlocked():
-        c.objective = ml_collections.ConfigDict({"name": v.loss, "modalities": ("image", "text")})
-        if v.setup == "locked":
-            c.init_from.workdir, c.init_from.params = "workdirs/clip_digits", LOCKED
-            c.optim.freeze_regex = rf"^({'|'.join(LOCKED)})/"
-            if v.loss == "cwcl":
-                c.objective.reference = "image"
-        else:
-            c.model.reference.modality = v.reference
-            c.optim.freeze_regex = r"^reference/"
+    size, tiny, locked = digits.SIZES[v.model], v.model == "tiny", v.setup == "locked"
+
+    # CLIP's digits recipe (configs/clip_digits.py) at this size ...
+    c = trainer.cpu_run(tiny, total_steps=v.steps or size["steps"], batch_size=32 if tiny else 256)
+    c.data = data_config("digits_captions", MODALITIES)
+    c.model = contrastive.model(embed_dim=size["embed"], towers=digits.tower_blocks(v.model, c.data, MODALITIES),
+                                reference="" if locked else v.reference)
+    # ... with CWCL's targets: the locked image tower's own similarities, or the reference tower's.
+    c.objective = contrastive.objective(v.loss, MODALITIES, **({"reference": "image"} if locked and v.loss == "cwcl"
+                                                               else {}))
+    if locked:  # the image tower and projection of a finished CLIP run, frozen
+        c.init_from.workdir, c.init_from.params = "workdirs/clip_digits", LOCKED
+    freeze = rf"^({'|'.join(LOCKED)})/" if locked else r"^reference/"
+    c.optim = trainer.adamw(lr=2e-3, warmup_steps=trainer.cpu_warmup(tiny), freeze_regex=freeze)
+    c.eval = evals.cpu_schedule(tiny, aliases=evals.CLIP_ALIASES)
+    c.evals = evals.entries(evals.zeroshot("image"), evals.retrieval("image:text", "text:image"))
     c.lock()
     return c

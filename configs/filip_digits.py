@@ -18,8 +18,11 @@ Variants (`configs/filip_digits.py:global_weight=1.0,model=tiny`):
 """
 import ml_collections
 
-from configs import clip_digits
+from configs.blocks import contrastive, digits, evals, trainer
 from mmjax.config_utils import parse_variant
+from mmjax.data.config import data_config
+
+MODALITIES = ("image", "text")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -27,19 +30,24 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                       choices={"model": ("tiny", "small")})
     if v.global_weight < 0:
         raise ValueError(f"config variant global_weight={v.global_weight}: expected >= 0")
-    c = clip_digits.get_config(f"model={v.model},steps={v.steps}")
-    with c.unlocked():
-        # Word-level BPE tokens (<= 8 per caption) are what a patch can align to; UTF-8
-        # bytes would give 32 tokens of single letters and a 2x larger token-token matrix.
-        c.data.tokenizer, c.data.text_len = "bpe", 16
-        c.model.project_tokens = True
-        c.eval.zeroshot_tokenwise = True
-        filip = {"name": "filip", "modalities": ("image", "text")}
-        if v.global_weight:
-            c.objective = ml_collections.ConfigDict({"name": "sum", "terms": (
-                {**filip, "weight": 1.0},
-                {"name": "softmax", "modalities": ("image", "text"), "weight": v.global_weight})})
-        else:
-            c.objective = ml_collections.ConfigDict(filip)
+    size, tiny = digits.SIZES[v.model], v.model == "tiny"
+
+    c = trainer.cpu_run(tiny, total_steps=v.steps or size["steps"], batch_size=32 if tiny else 256)
+    c.data = data_config("digits_captions", MODALITIES)
+    # Word-level BPE tokens (<= 8 per caption) are what a patch can align to; UTF-8 bytes
+    # would give 32 tokens of single letters and a 2x larger token-token matrix.
+    c.data.text.tokenizer, c.data.text.max_len = "bpe", 16
+    c.model = contrastive.model(embed_dim=size["embed"], towers=digits.tower_blocks(v.model, c.data, MODALITIES),
+                                project_tokens=True)
+    filip = {"name": "filip", "modalities": MODALITIES}
+    if v.global_weight:
+        c.objective = contrastive.weighted_sum({**filip, "weight": 1.0},
+                                               {"name": "softmax", "modalities": MODALITIES, "weight": v.global_weight})
+    else:
+        c.objective = ml_collections.ConfigDict(filip)
+    c.optim = trainer.adamw(lr=2e-3, warmup_steps=trainer.cpu_warmup(tiny))
+    c.eval = evals.cpu_schedule(tiny, aliases=evals.CLIP_ALIASES)
+    c.evals = evals.entries(evals.zeroshot("image"), evals.zeroshot_tokenwise("image"),
+                            evals.retrieval("image:text", "text:image"))
     c.lock()
     return c

@@ -20,35 +20,34 @@ Variants (`configs/multimae_avdigits.py:keep=32,alpha=0.5,model=tiny`):
 """
 import ml_collections
 
-from configs import clip_digits
+from configs.blocks import evals, masked, towers, trainer
 from mmjax.config_utils import parse_variant
+from mmjax.data.config import data_config
 
-MODELS = {
-    "tiny": dict(width=32, depth=1, heads=2, mlp=64, dec_width=32, keep=12, steps=10, batch=32),
-    "small": dict(width=128, depth=3, heads=4, mlp=256, dec_width=64, keep=24, steps=800, batch=128),
+# Per `model=` variant (encoder: towers.CPU): decoder width, visible tokens, train steps, global batch.
+SIZES = {
+    "tiny": dict(decoder_width=32, keep=12, steps=10, batch=32),
+    "small": dict(decoder_width=64, keep=24, steps=800, batch=128),
 }
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    v = parse_variant(arg, {"keep": 0, "alpha": 1.0, "model": "small", "steps": 0}, choices={"model": tuple(MODELS)})
-    size = MODELS[v.model]
-    c = clip_digits.get_config(f"model={'tiny' if v.model == 'tiny' else 'small'}")
-    with c.unlocked():
-        c.total_steps = v.steps or size["steps"]
-        c.batch_size = size["batch"]
-        c.data.name, c.data.modalities = "av_digits", ("image", "audio")
-        c.model = ml_collections.ConfigDict({
-            "kind": "multimae", "num_keep": v.keep or size["keep"], "alpha": v.alpha,
-            "dtype": "float32", "param_dtype": "float32",
-            "modalities": {"image": {"patch": (4, 4), "channels": 1}, "audio": {"patch": (8, 16), "channels": 1}},
-            "encoder": dict(width=size["width"], depth=size["depth"], num_heads=size["heads"], mlp_dim=size["mlp"],
-                            scan=False, remat="none"),
-            "decoder": dict(width=size["dec_width"], depth=1, num_heads=2, mlp_dim=2 * size["dec_width"]),
-        })
-        c.objective = ml_collections.ConfigDict({"name": "mae", "norm_pix": False, "weights": {}})
-        c.optim.lr, c.optim.weight_decay, c.optim.b2 = 1.5e-3, 0.05, 0.95  # MAE's AdamW betas, as mae_digits
-        c.optim.no_decay_regex = c.optim.no_decay_regex.replace(")$", "|mask_token)$")
-        c.eval.zeroshot_modalities, c.eval.retrieval_pairs, c.eval.aliases = (), (), {}
-        c.eval.probe_modalities, c.eval.at_start = ("image", "audio"), True
+    v = parse_variant(arg, {"keep": 0, "alpha": 1.0, "model": "small", "steps": 0}, choices={"model": tuple(SIZES)})
+    size, tiny = SIZES[v.model], v.model == "tiny"
+
+    c = trainer.cpu_run(tiny, total_steps=v.steps or size["steps"], batch_size=size["batch"])
+    c.data = data_config("av_digits", ("image", "audio"))
+    c.model = ml_collections.ConfigDict({
+        "kind": "multimae", "num_keep": v.keep or size["keep"], "alpha": v.alpha,
+        "dtype": "float32", "param_dtype": "float32",
+        "modalities": {"image": {"patch": (4, 4), "channels": 1}, "audio": {"patch": (8, 16), "channels": 1}},
+        "encoder": dict(towers.CPU[v.model], scan=False, remat="none"),
+        "decoder": towers.decoder(size["decoder_width"]),
+    })
+    c.objective = masked.mae_objective(norm_pix=False)
+    c.optim = trainer.adamw(**masked.MAE_ADAMW, warmup_steps=trainer.cpu_warmup(tiny),
+                            no_decay_regex=trainer.no_decay("mask_token"))
+    c.eval = evals.cpu_schedule(tiny, at_start=True)
+    c.evals = evals.entries(evals.probes("image", "audio"))
     c.lock()
     return c

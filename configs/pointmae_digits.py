@@ -8,22 +8,32 @@ Each digit becomes 128 points on its extruded strokes (mmjax.data.points), in
 decoder with centre position embeddings predicts the 16 points of every hidden
 group, scored by Chamfer-L2. Probes classify the digit from the frozen encoder.
 
-Variants as configs/mae_digits.py (`mask`, `model`, `steps`); default mask 0.6.
+Variants (`configs/pointmae_digits.py:mask=0.5,model=tiny`):
+  mask   masking ratio (default 0.6, Point-MAE's)
+  model  tiny (tests) | small (default)
+  steps  total train steps
 """
 import ml_collections
 
-from configs import mae_digits
-from mmjax.config_utils import with_default
+from configs.blocks import evals, masked, towers, trainer
+from mmjax.config_utils import parse_variant
+from mmjax.data.config import data_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    c = mae_digits.get_config(with_default(arg, "mask", 0.6))
-    with c.unlocked():
-        c.data.modalities = ("points",)
-        c.data.points.num_points = 128
-        encoder = {k: v for k, v in dict(c.model.encoder).items() if k not in ("patch_size", "posemb")}
-        c.model.modality = "points"
-        c.model.encoder = dict(encoder, encoder="points", num_groups=16, group_size=16, pointnet_dim=32)
-        c.eval.probe_modalities = ("points",)
+    v = parse_variant(arg, {"mask": 0.6, "model": "small", "steps": 0}, choices={"model": tuple(masked.CPU_SIZES)})
+    masked.check_mask_ratio(v.mask)
+    size, tiny = masked.CPU_SIZES[v.model], v.model == "tiny"
+
+    c = trainer.cpu_run(tiny, total_steps=v.steps or size["steps"], batch_size=size["batch"])
+    c.data = data_config("digits_captions", ("points",))
+    c.data.points.num_points = 128
+    c.model = masked.model("mae", "points", mask_ratio=v.mask,
+                           encoder=towers.points(towers.CPU[v.model], num_groups=16, group_size=16, pointnet_dim=32),
+                           decoder=towers.decoder(size["decoder_width"]))
+    c.objective = masked.mae_objective(norm_pix=False)  # Chamfer-L2 for points
+    c.optim = trainer.adamw(**masked.MAE_ADAMW, warmup_steps=trainer.cpu_warmup(tiny))
+    c.eval = evals.cpu_schedule(tiny, at_start=True)
+    c.evals = evals.entries(evals.probes("points"))
     c.lock()
     return c

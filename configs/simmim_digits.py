@@ -2,7 +2,7 @@
 
     python -m mmjax.main --config configs/simmim_digits.py --workdir workdirs/simmim
 
-The ViT of configs/mae_digits.py (4x4-pixel patches, 7x7 tokens) sees every
+The ViT of configs/mae_digits.py (4x4-pixel patches, 7x7 tokens, sin-cos positions) sees every
 patch, with the masked ones' embeddings replaced by a learned mask token; a
 linear head predicts each patch's 16 pixels and the loss is on the masked
 pixels only. 60% of the patches are hidden at random, SimMIM's ratio and
@@ -29,21 +29,26 @@ Variants (`configs/simmim_digits.py:mask=0.4,masking=block,loss=l1,model=tiny`):
 """
 import ml_collections
 
-from configs import mae_digits
+from configs.blocks import evals, masked, towers, trainer
 from mmjax.config_utils import parse_variant
+from mmjax.data.config import data_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     v = parse_variant(arg, {"mask": 0.6, "masking": "random", "loss": "l2", "model": "small", "steps": 0},
-                      choices={"masking": ("random", "block"), "loss": ("l2", "l1"), "model": tuple(mae_digits.MODELS)})
-    c = mae_digits.get_config(f"mask={v.mask},model={v.model},steps={v.steps}")
-    with c.unlocked():
-        c.model = ml_collections.ConfigDict({
-            "kind": "simmim", "modality": "image", "mask_ratio": v.mask, "masking": v.masking,
-            "mask_cell": (1, 1), "channels": 1, "dtype": "float32", "param_dtype": "float32",
-            "encoder": dict(c.model.encoder)})
-        c.objective = ml_collections.ConfigDict({"name": "simmim", "loss": v.loss, "weights": {}})
-        # SimMIM exempts its mask token from weight decay, as position embeddings.
-        c.optim.no_decay_regex = c.optim.no_decay_regex.replace(")$", "|mask_token)$")
+                      choices={"masking": ("random", "block"), "loss": ("l2", "l1"), "model": tuple(masked.CPU_SIZES)})
+    masked.check_mask_ratio(v.mask)
+    size, tiny = masked.CPU_SIZES[v.model], v.model == "tiny"
+
+    c = trainer.cpu_run(tiny, total_steps=v.steps or size["steps"], batch_size=size["batch"])
+    c.data = data_config("digits_captions", ("image",))
+    c.model = masked.model("simmim", "image", mask_ratio=v.mask, masking=v.masking, mask_cell=(1, 1), channels=1,
+                           encoder=towers.vit(towers.CPU[v.model], patch_size=4, posemb="sincos"))
+    c.objective = ml_collections.ConfigDict({"name": "simmim", "loss": v.loss, "weights": {}})
+    # SimMIM exempts its mask token from weight decay, as position embeddings.
+    c.optim = trainer.adamw(**masked.MAE_ADAMW, warmup_steps=trainer.cpu_warmup(tiny),
+                            no_decay_regex=trainer.no_decay("mask_token"))
+    c.eval = evals.cpu_schedule(tiny, at_start=True)
+    c.evals = evals.entries(evals.probes("image"))
     c.lock()
     return c

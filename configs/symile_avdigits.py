@@ -16,6 +16,8 @@ With modality dropout (`drop` > 0, audio and text) an absent modality is not
 dropped from the loss: it takes a learned "missing" embedding, as in Symile's
 missing-data experiments (model.missing_embeddings).
 
+Data, towers and schedule are configs/bind_avdigits.py's at the same size, without points.
+
 Variants (`configs/symile_avdigits.py:negatives=n_squared,drop=0.3,model=tiny`):
   negatives  n (default) | n_squared
   drop       modality dropout probability for audio and text (default 0)
@@ -24,9 +26,8 @@ Variants (`configs/symile_avdigits.py:negatives=n_squared,drop=0.3,model=tiny`):
 """
 import ml_collections
 
-from configs import bind_avdigits
+from configs.blocks import contrastive, digits, evals, trainer
 from mmjax.config_utils import parse_variant
-from mmjax.objectives.contrastive_variants import SYMILE_NEGATIVES
 
 MODALITIES = ("image", "audio", "text")
 DROPPED = ("audio", "text")
@@ -34,20 +35,23 @@ DROPPED = ("audio", "text")
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     v = parse_variant(arg, {"negatives": "n", "drop": 0.0, "model": "small", "steps": 0},
-                      choices={"negatives": SYMILE_NEGATIVES, "model": tuple(bind_avdigits.MODELS)})
+                      choices={"negatives": ("n", "n_squared"), "model": tuple(digits.AV_SIZES)})
     if not 0.0 <= v.drop < 1.0:
         raise ValueError(f"config variant drop={v.drop}: expected a probability in [0, 1)")
-    c = bind_avdigits.get_config(f"model={v.model},steps={v.steps}")
-    with c.unlocked():
-        c.data.modalities = MODALITIES
-        del c.model.towers["points"]
-        for m in DROPPED:
-            c.data.drop_prob[m] = v.drop
-        c.model.missing_embeddings = DROPPED if v.drop else ()
-        c.objective = ml_collections.ConfigDict({"name": "symile", "modalities": MODALITIES,
-                                                 "negatives": v.negatives, "seed": 0})
-        c.eval.zeroshot_modalities = ("image", "audio")
-        c.eval.zeroshot_multilinear = ("image+audio",)  # Symile's own zero-shot: the caption given the other two
-        c.eval.retrieval_pairs = ("audio:image", "image:text", "audio:text")
+    size, tiny = digits.AV_SIZES[v.model], v.model == "tiny"
+
+    c = trainer.cpu_run(tiny, total_steps=v.steps or size["steps"], batch_size=size["batch"])
+    c.data = digits.av_data(v.model, MODALITIES)
+    for m in DROPPED:
+        c.data.drop_prob[m] = v.drop
+    c.model = contrastive.model(embed_dim=size["embed"], towers=digits.tower_blocks(v.model, c.data, MODALITIES),
+                                missing_embeddings=DROPPED if v.drop else ())
+    c.objective = ml_collections.ConfigDict({"name": "symile", "modalities": MODALITIES, "negatives": v.negatives,
+                                             "seed": 0})
+    c.optim = trainer.adamw(lr=2e-3, warmup_steps=trainer.cpu_warmup(tiny))
+    c.eval = evals.cpu_schedule(tiny)
+    c.evals = evals.entries(evals.zeroshot("image", "audio"),
+                            evals.zeroshot_multilinear("image+audio"),  # Symile's own: the caption given the other two
+                            evals.retrieval("audio:image", "image:text", "audio:text"))
     c.lock()
     return c

@@ -16,18 +16,26 @@ Variants (`configs/tcl_digits.py:intra_weight=0.5,model=tiny`):
 """
 import ml_collections
 
-from configs import clip_digits
+from configs.blocks import contrastive, digits, evals, trainer
 from mmjax.config_utils import parse_variant
+from mmjax.data.config import data_config
+
+MODALITIES = ("image", "text")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     v = parse_variant(arg, {"intra_weight": 1.0, "model": "small", "steps": 0},
                       choices={"model": ("tiny", "small")})
-    c = clip_digits.get_config(f"model={v.model},steps={v.steps}")
-    with c.unlocked():
-        c.data.second_view = ("image",)
-        c.objective = ml_collections.ConfigDict({"name": "sum", "terms": (
-            {"name": "softmax", "modalities": ("image", "text"), "weight": 1.0},
-            {"name": "simclr", "modality": "image", "weight": v.intra_weight})})
+    size, tiny = digits.SIZES[v.model], v.model == "tiny"
+
+    c = trainer.cpu_run(tiny, total_steps=v.steps or size["steps"], batch_size=32 if tiny else 256)
+    c.data = data_config("digits_captions", MODALITIES, second_view=("image",))
+    c.model = contrastive.model(embed_dim=size["embed"], towers=digits.tower_blocks(v.model, c.data, MODALITIES))
+    c.objective = contrastive.weighted_sum(
+        {"name": "softmax", "modalities": MODALITIES, "weight": 1.0},
+        {"name": "simclr", "modality": "image", "weight": v.intra_weight})
+    c.optim = trainer.adamw(lr=2e-3, warmup_steps=trainer.cpu_warmup(tiny))
+    c.eval = evals.cpu_schedule(tiny, aliases=evals.CLIP_ALIASES)
+    c.evals = evals.entries(evals.zeroshot("image"), evals.retrieval("image:text", "text:image"))
     c.lock()
     return c

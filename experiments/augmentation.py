@@ -31,12 +31,12 @@ from experiments import common
 NAME = "augmentation"
 CONFIG = "configs/clip_digits.py:model=tiny"
 STEPS, BATCH = 500, 128  # 64,000 examples: 8 epochs of the 8,000 training digits
-IMAGE = {"data.crop_scale": (0.6, 1.0), "data.max_shift": 2}
-TEXT = {"data.text_delete_prob": 0.1, "data.text_swap_prob": 0.1}
-NO_IMAGE = {"data.crop_scale": (1.0, 1.0), "data.max_shift": 0}
+IMAGE = {"data.image.crop_scale": (0.6, 1.0), "data.image.max_shift": 2}
+TEXT = {"data.text.delete_prob": 0.1, "data.text.swap_prob": 0.1}
+NO_IMAGE = {"data.image.crop_scale": (1.0, 1.0), "data.image.max_shift": 0}
 SETTINGS = {
     "none": {"data.augment": False},
-    "shift": {"data.augment": True, "data.max_shift": 2},
+    "shift": {"data.augment": True, "data.image.max_shift": 2},
     "image": {"data.augment": True, **IMAGE},
     "text": {"data.augment": True, **NO_IMAGE, **TEXT},
     "both": {"data.augment": True, **IMAGE, **TEXT},

@@ -33,8 +33,7 @@ import numpy as np
 
 from experiments import common
 from experiments.emergent_zeroshot import BindRun, seeds
-from mmjax.data import digits
-from mmjax.evals import zeroshot
+from mmjax.evals import EVAL, Needs, zeroshot
 from mmjax.evaluate import restore_for_eval
 
 NAME = "missing_modalities"
@@ -56,15 +55,11 @@ def embed_test_split(config, workdir: str) -> tuple[dict[str, np.ndarray], np.nd
     """Restores `workdir`'s latest checkpoint and embeds the config's test split once per modality.
 
     Returns ({m: [N, E]} for INPUTS, labels [N], class embeddings [10, E] from
-    the prompt ensemble), exactly as the trainer's eval suite computes them.
+    the prompt ensemble), exactly as the trainer's evaluation runner computes them.
     """
-    suite, params, _ = restore_for_eval(config, workdir)
-    mask = np.concatenate([b["mask"] for b in suite.batches])
-    labels = np.concatenate([b["label"] for b in suite.batches])[mask]
-    z = {m: suite.embed_all(params, suite.batches, m)[mask] for m in INPUTS}
-    prompts = suite.embed_all(params, [suite.prompt_batch], "text")[:suite.num_prompts]
-    classes = zeroshot.prompt_ensemble(prompts.reshape(len(digits.CLASS_NAMES), -1, prompts.shape[-1]))
-    return z, labels, classes
+    runner, params, _ = restore_for_eval(config, workdir)
+    features = runner.extract(params, Needs(embeddings=tuple((m, EVAL) for m in INPUTS), class_embeddings=True))
+    return {m: features.embeddings[m, EVAL] for m in INPUTS}, features.labels[EVAL], features.class_embeddings
 
 
 def evaluate_subsets(args, run: BindRun, seed: int, final: dict) -> dict[tuple[str, ...], float]:

@@ -34,8 +34,8 @@ import numpy as np
 import optax
 
 from experiments import common, synthetic
-from mmjax.models.towers import l2_normalize
 from mmjax.objectives import get_objective
+from mmjax.similarity import l2_normalize
 
 NAME = "symile_xor"
 PS = (0.0, 0.25, 0.5, 0.75, 1.0)

@@ -124,3 +124,22 @@ def warm_start(init_cfg, params) -> dict:
         raise ValueError(f"init_from.params names {list(unknown or names)}: it must list top-level params of "
                          f"this model, one or more of {sorted(params)}")
     return {**params, **restore_params_from_run(init_cfg["workdir"], {n: params[n] for n in names}, where)}
+
+
+def restore_reference(model_cfg, params) -> dict:
+    """`params` with the CWCL reference tower taken from a finished run, if `model.reference.init_from` names one.
+
+    init_from is that run's workdir (or its checkpoints/ directory); its latest
+    committed checkpoint's `<m>_encoder` and `<m>_proj` params are restored
+    alone (`restore_params_from_run`): the towers must have the same
+    architecture. Called once, on a fresh start: a resumed run gets the
+    reference back from its own checkpoint.
+    """
+    reference = model_cfg.get("reference") or {}
+    if not reference.get("modality") or not reference.get("init_from"):
+        return params
+    # The reference subtree (mmjax.models.towers.ReferenceTower) mirrors the run's top-level
+    # `<m>_encoder`, `<m>_proj` params.
+    restored = restore_params_from_run(
+        reference["init_from"], params["reference"], f"model.reference.init_from={reference['init_from']!r}")
+    return {**params, "reference": restored}

@@ -89,11 +89,3 @@ def split_overrides(argv: list[str], prefix: str = "--config.") -> tuple[list[st
     for arg in argv:
         (overrides.append(arg[len(prefix):]) if arg.startswith(prefix) else rest.append(arg))
     return rest, overrides
-
-
-def with_default(arg: str | None, key: str, value) -> str:
-    """The variant string `arg` with `key=value` added unless it sets `key` itself."""
-    items = [item for item in (arg or "").split(",") if item]
-    if any(item.partition("=")[0].strip() == key for item in items):
-        return ",".join(items)
-    return ",".join(items + [f"{key}={value}"])

@@ -2,11 +2,11 @@
 
     python -m mmjax.evaluate --config configs/clip_digits.py --workdir workdirs/clip_digits [--step N]
 
-Restores the latest (or the named) committed checkpoint of `--workdir`, runs
-the config's evaluation suite (zero-shot, retrieval, probes: features are
-extracted once and shared), prints the metrics and writes them to
-`<workdir>/eval/step_<N>.json`. `--config.a.b=v` overrides work as in training
-(e.g. `--config.eval.probe_modalities="('image',)"` to add probes).
+Restores the latest (or the named) committed checkpoint of `--workdir` into the
+train state's layout (mmjax.step), runs the evaluators of `config.evals`
+(mmjax.evals.runner: features are extracted once and shared), prints the
+metrics and writes them to `<workdir>/eval/step_<N>.json`. `--config.a.b=v`
+overrides work as in training (e.g. `--config.evals.retrieval.ks="(1, 20)"`).
 """
 import json
 import os
@@ -19,13 +19,10 @@ from ml_collections import config_flags
 
 from mmjax import checkpoint as ckpt_lib
 from mmjax import parallel
+from mmjax import step as step_lib
 from mmjax.config_utils import apply_overrides, split_overrides
-from mmjax.data.tokenizer import get_tokenizer
-from mmjax.evals.suite import EvalSuite
+from mmjax.evals.runner import EvalRunner
 from mmjax.metrics import format_line
-from mmjax.models import build_model
-from mmjax.optim import make_optimizer
-from mmjax.train import state_layout
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "The run's config file (and variant).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run's directory.")
@@ -35,13 +32,11 @@ _OVERRIDES: list[str] = []
 
 
 def restore_for_eval(config, workdir: str, step: int | None = None, devices=None):
-    """(eval suite, params, step) of `workdir`'s latest (or `step`'s) committed checkpoint."""
+    """(evaluation runner, params, step) of `workdir`'s latest (or `step`'s) committed checkpoint."""
     mesh = parallel.make_mesh(config.mesh, devices)
-    tokenizer = get_tokenizer(config.data.tokenizer, config.data.text_len, config.data.tokenizer_path or None)
-    model = build_model(config.model, tokenizer)
-    suite = EvalSuite.from_config(config, model, tokenizer, mesh)
-    tx, _ = make_optimizer(config.optim, config.total_steps)  # the optimiser state is part of the saved layout
-    _, abstract_state, shardings = state_layout(config, model, tx, mesh, suite.batches[0], jax.random.key(0))
+    setup = step_lib.build(config)  # the optimiser too: its state is part of the saved layout
+    runner = EvalRunner.from_config(config, setup.model, setup.tokenizer, mesh)
+    layout = step_lib.state_layout(setup, mesh, jax.random.key(0))  # shapes only: the init never runs
     ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=1, keep=1 << 30)
     steps = ckpt.all_steps()
     if not steps:
@@ -49,14 +44,14 @@ def restore_for_eval(config, workdir: str, step: int | None = None, devices=None
     step = max(steps) if step is None else step
     if step not in steps:
         raise ValueError(f"no checkpoint for step {step} in {workdir}; available: {sorted(steps)}")
-    state = ckpt.restore_state(step, ckpt_lib.abstract_like(abstract_state, shardings))
+    state = ckpt.restore_state(step, ckpt_lib.abstract_like(layout.abstract, layout.shardings))
     ckpt.close()
-    return suite, state["params"], step
+    return runner, state["params"], step
 
 
 def evaluate_checkpoint(config, workdir: str, step: int | None = None, devices=None) -> dict:
-    suite, params, step = restore_for_eval(config, workdir, step, devices)
-    results = {"step": step, **suite(params)}
+    runner, params, step = restore_for_eval(config, workdir, step, devices)
+    results = {"step": step, **runner(params)}
     if jax.process_index() == 0:
         os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
         with open(os.path.join(workdir, "eval", f"step_{step}.json"), "w") as f:

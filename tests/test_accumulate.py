@@ -72,7 +72,7 @@ def clip():
     config = clip_digits.get_config("model=tiny")
     with config.unlocked():
         config.optim.warmup_steps = 0  # the first step at full learning rate
-    tok = ByteTokenizer(config.data.text_len)
+    tok = ByteTokenizer(config.data.text.max_len)
     model = build_model(config.model, tok)
     rng = np.random.default_rng(0)
     captions = [f"a handwritten {w}" for w in rng.choice(["one", "two", "seven", "nine"], B)]

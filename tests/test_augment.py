@@ -10,9 +10,9 @@ import jax
 import numpy as np
 import pytest
 
-from mmjax.data import pipeline
-from mmjax.data.modalities import ExampleTransform
-from mmjax.data.tokenizer import get_tokenizer
+from mmjax.data.config import data_config
+from mmjax.data.datasets import get_dataset
+from mmjax.data.tokenizer import from_data_config
 from mmjax.data.transforms import random_resized_crop, random_word_edit, resize_bilinear
 
 SENTENCE = " ".join(f"w{i}" for i in range(20))
@@ -91,22 +91,25 @@ def test_word_swap_permutes_words_at_the_expected_rate():
 
 @pytest.fixture(scope="module")
 def tok():
-    return get_tokenizer("bytes", pipeline.default_data_config().text_len)
+    return from_data_config(data_config())
 
 
 def _transform(tok, train, **fields):
-    cfg = pipeline.default_data_config()
-    cfg.max_shift = 0
-    cfg.update(fields)
-    return ExampleTransform.from_config(cfg, tok, train=train, where="test/split")
+    """The digits dataset's example transform with data.<block>.<key> = value for "<block>.<key>" fields."""
+    cfg = data_config()
+    cfg.image.max_shift = 0
+    for path, value in fields.items():
+        block, key = path.split(".")
+        cfg[block][key] = value
+    return get_dataset(cfg).example_transform(tok, train=train, where="test/split")
 
 
 RECORD = {"image": np.arange(784, dtype=np.uint8).reshape(28, 28, 1) % 251, "label": 7, "_index": 0,
-          "caption": "a small seven in black ink"}  # fits text_len: no truncation
+          "caption": "a small seven in black ink"}  # fits data.text.max_len: no truncation
 
 
 def test_example_transform_applies_augmentations_only_in_training(tok):
-    options = {"crop_scale": (0.5, 0.9), "text_delete_prob": 0.4}
+    options = {"image.crop_scale": (0.5, 0.9), "text.delete_prob": 0.4}
     plain_image = RECORD["image"].astype(np.float32) / 127.5 - 1.0
     evaluated = _transform(tok, False, **options)(RECORD, np.random.default_rng(0))
     np.testing.assert_array_equal(evaluated["image"], plain_image)
@@ -124,8 +127,8 @@ def test_example_transform_applies_augmentations_only_in_training(tok):
     assert sum(len(c) < len(words) for c in captions) >= 15  # P(no word dropped) = 0.6^6 = 0.05 per draw
 
 
-@pytest.mark.parametrize("field, value", [("crop_scale", (0.5, 1.5)), ("crop_scale", (0.9, 0.5)),
-                                          ("text_delete_prob", 1.0), ("text_swap_prob", -0.1)])
+@pytest.mark.parametrize("field, value", [("image.crop_scale", (0.5, 1.5)), ("image.crop_scale", (0.9, 0.5)),
+                                          ("text.delete_prob", 1.0), ("text.swap_prob", -0.1)])
 def test_bad_augmentation_options_fail_at_start(tok, field, value):
-    with pytest.raises(ValueError, match=field):
+    with pytest.raises(ValueError, match=f"data.{field}"):
         _transform(tok, True, **{field: value})

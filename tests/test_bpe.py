@@ -5,14 +5,15 @@ import random
 import numpy as np
 import pytest
 
-from mmjax.data import bpe, digits
+from mmjax.data import bpe
+from mmjax.data.datasets import mnist
 from mmjax.data.bpe import BPETokenizer, read_merges, train_bpe, write_merges
 from mmjax.data.tokenizer import ByteTokenizer, get_tokenizer
 
 
 def project_texts() -> list[str]:
-    templates = digits.CAPTION_TEMPLATES + digits.ZEROSHOT_PROMPTS
-    return [digits.format_caption(t, y) for t in templates for y in range(len(digits.CLASS_NAMES))]
+    templates = mnist.CAPTION_TEMPLATES + mnist.ZEROSHOT_PROMPTS
+    return [mnist.format_caption(t, y) for t in templates for y in range(len(mnist.CLASS_NAMES))]
 
 
 @pytest.fixture(scope="module")

@@ -16,19 +16,21 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mmjax import checkpoint as ckpt_lib
-from mmjax import parallel, train
+from mmjax import parallel
+from mmjax.batch_keys import VIEW2_SUFFIX, model_inputs
 from mmjax.data import pipeline
-from mmjax.data.modalities import ExampleTransform
-from mmjax.data.tokenizer import get_tokenizer
-from mmjax.data import digits
-from mmjax.evals import zeroshot
-from mmjax.evals.suite import EvalSuite
+from mmjax.data.tokenizer import from_data_config
+from mmjax.data.datasets import get_dataset
+from mmjax.evals import Needs, build_evaluators
+from mmjax.evals.runner import EvalRunner
 from mmjax.models import build_model
-from mmjax.models.towers import ContrastiveModel, restore_reference
+from mmjax.checkpoint import restore_reference
+from mmjax.models.towers import ContrastiveModel
 from mmjax.objectives.contrastive import softmax_contrastive_loss
 from mmjax.objectives import contrastive, get_objective
 from mmjax.objectives import contrastive_variants as cv
 from mmjax.optim import make_optimizer
+from mmjax.similarity import l2_normalize
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -40,7 +42,7 @@ CPU0 = jax.sharding.SingleDeviceSharding(jax.devices()[0])
 
 
 def _tokenizer(config):
-    return get_tokenizer(config.data.tokenizer, config.data.text_len)
+    return from_data_config(config.data)
 
 
 def _train_iterator(config, seed=0):
@@ -51,12 +53,12 @@ def _train_iterator(config, seed=0):
 def _train_batches(config, n=1):
     """The first n real training batches of B examples, as the trainer's step sees them."""
     it = _train_iterator(config)
-    return [train.model_inputs(next(it)) for _ in range(n)]
+    return [model_inputs(next(it)) for _ in range(n)]
 
 
 def _one_view(batch):
     """The batch without second views: what evaluation (and the trainer's init) sees."""
-    return {k: v for k, v in batch.items() if cv.VIEW2_SUFFIX not in k}
+    return {k: v for k, v in batch.items() if VIEW2_SUFFIX not in k}
 
 
 class _Steps:
@@ -178,7 +180,7 @@ def test_second_views_go_through_the_same_tower(token_model):
 
 
 def _eval_setup(config, num_batches=2):
-    """(tokenizer, model, one-device mesh, the first eval batches of 32, initial params) for an EvalSuite."""
+    """(tokenizer, model, one-device mesh, the first eval batches of 32, initial params) for an EvalRunner."""
     tokenizer = _tokenizer(config)
     model = build_model(config.model, tokenizer)
     batches = pipeline.make_eval_batches(config.data, split=config.data.eval_split, batch_size=32,
@@ -188,49 +190,60 @@ def _eval_setup(config, num_batches=2):
     return tokenizer, model, parallel.make_mesh(config.mesh, jax.devices()[:1]), batches, params
 
 
+def _eval_runner(config, model, tokenizer, mesh, batches):
+    """The runner of config.evals over `batches` (the train split is read by no evaluator here)."""
+    return EvalRunner(build_evaluators(config.evals), model, tokenizer, mesh, batches,
+                      dataset=get_dataset(config.data), aliases=config.eval.aliases)
+
+
+def _prompt_ids(config, tokenizer):
+    """The dataset's class prompts, class-major ([C * T] rows), tokenized."""
+    return tokenizer.encode_batch([p for per_class in get_dataset(config.data).zeroshot_prompts() for p in per_class])
+
+
 def test_filip_config_reports_tokenwise_zeroshot_from_the_towers_tokens():
-    """eval.zeroshot_tokenwise: each eval image's projected tokens against each prompt's valid text
+    """evals.zeroshot_tokenwise: each eval image's projected tokens against each prompt's valid text
     tokens (mean over image tokens of the best cosine), averaged over a class's prompts, top-1."""
     config = filip_digits.get_config("model=tiny")
     tokenizer, model, mesh, batches, params = _eval_setup(config)
-    suite = EvalSuite(config.eval, model, tokenizer, mesh, batches)
-    results = suite(params)
+    runner = _eval_runner(config, model, tokenizer, mesh, batches)
+    results = runner(params)
     embed = lambda x, m: jax.tree.map(np.asarray, model.apply({"params": params}, x, m, method="embed_tokens"))
-    text, text_valid = embed(suite.prompt_batch["text"][:suite.num_prompts], "text")
+    text, text_valid = embed(_prompt_ids(config, tokenizer), "text")
     sims = []
     for b in batches:
         image, image_valid = embed(b["image"], "image")
         cos = np.einsum("ind,jmd->ijnm", np.float64(image), np.float64(text))  # tokens are unit vectors
         best = np.where(text_valid[None, :, None, :], cos, -np.inf).max(axis=3)  # [images, prompts, tokens]
         sims.append(np.where(image_valid[:, None, :], best, 0).sum(2) / image_valid.sum(1)[:, None])
-    sims = np.concatenate(sims)
-    np.testing.assert_allclose(suite.tokenwise_similarities(params, "image"), sims, rtol=1e-4, atol=1e-5)
     mask = np.concatenate([b["mask"] for b in batches])
+    sims = np.concatenate(sims)[mask]
+    features = runner.extract(params, Needs(token_similarities=("image",)))
+    np.testing.assert_allclose(features.token_similarities["image"], sims, rtol=1e-4, atol=1e-5)
     labels = np.concatenate([b["label"] for b in batches])[mask]
-    scores = sims[mask].reshape(mask.sum(), 10, -1).mean(axis=2)
+    scores = sims.reshape(mask.sum(), 10, -1).mean(axis=2)
     top2 = np.sort(scores, axis=1)[:, -2:]
     assert np.all(top2[:, 1] - top2[:, 0] > 1e-5)  # no ties at the top, so top-1 is the argmax
     assert results["zeroshot_tokenwise_top1_image"] == pytest.approx(np.mean(scores.argmax(1) == labels))
     assert "zeroshot_top1_image" in results  # the global-embedding zero-shot stays
     clip = clip_digits.get_config("model=tiny")
     with clip.unlocked():
-        clip.eval.zeroshot_tokenwise = True
-    with pytest.raises(ValueError, match="zeroshot_tokenwise needs .* model.project_tokens"):
-        EvalSuite(clip.eval, build_model(clip.model, _tokenizer(clip)), _tokenizer(clip),
-                  parallel.make_mesh(clip.mesh, jax.devices()[:1]), batches)
+        clip.evals.zeroshot_tokenwise = {"type": "zeroshot_tokenwise", "modalities": ("image",)}
+    with pytest.raises(ValueError, match="zeroshot_tokenwise: token-wise scores need model.project_tokens"):
+        EvalRunner.from_config(clip, build_model(clip.model, _tokenizer(clip)), _tokenizer(clip),
+                               parallel.make_mesh(clip.mesh, jax.devices()[:1]))
 
 
 # ---------------------------------------------------------------------------- CWCL: the frozen reference
 def test_symile_config_reports_multilinear_zeroshot():
-    """eval.zeroshot_multilinear "image+audio": the caption class t maximising <image, audio, t>."""
+    """evals.zeroshot_multilinear "image+audio": the caption class t maximising <image, audio, t>."""
     config = symile_avdigits.get_config("model=tiny")
     tokenizer, model, mesh, batches, params = _eval_setup(config)
-    results = EvalSuite(config.eval, model, tokenizer, mesh, batches)(params)
+    results = _eval_runner(config, model, tokenizer, mesh, batches)(params)
     embed = lambda x, m, mask=None: np.asarray(model.apply({"params": params}, x, m, mask, method="embed")[0])
     image = np.concatenate([embed(b["image"], "image") for b in batches])
     audio = np.concatenate([embed(b["audio"], "audio", b["audio_mask"]) for b in batches])
-    prompts = embed(tokenizer.encode_batch(zeroshot.build_prompts(
-        digits.CLASS_NAMES, [str(d) for d in range(10)], digits.ZEROSHOT_PROMPTS)), "text").reshape(10, -1, image.shape[1])
+    prompts = embed(_prompt_ids(config, tokenizer), "text").reshape(10, -1, image.shape[1])
     classes = prompts.mean(1) / np.linalg.norm(prompts.mean(1), axis=1, keepdims=True)
     mask = np.concatenate([b["mask"] for b in batches])
     labels = np.concatenate([b["label"] for b in batches])[mask]
@@ -239,11 +252,11 @@ def test_symile_config_reports_multilinear_zeroshot():
     assert np.all(top2[:, 1] - top2[:, 0] > 1e-6)  # no ties at the top
     assert results["zeroshot_multilinear_top1_image_audio"] == pytest.approx(np.mean(scores.argmax(1) == labels))
     for entry, message in [("image", "two or more modalities"),
-                           ("image+depth", r"\['depth'\] the model has no tower for")]:
+                           ("image+depth", r"\['depth'\] the model cannot embed")]:
         with config.unlocked():
-            config.eval.zeroshot_multilinear = (entry,)
+            config.evals.zeroshot_multilinear.groups = (entry,)
         with pytest.raises(ValueError, match=message):
-            EvalSuite(config.eval, model, tokenizer, mesh, batches)
+            _eval_runner(config, model, tokenizer, mesh, batches)
 
 
 def _save_run(directory, params, data_iter):
@@ -381,7 +394,7 @@ def _views(config, record, seed, train=True, **data):
     cfg = config.data.copy_and_resolve_references()
     with cfg.unlocked():
         cfg.update(data)
-    transform = ExampleTransform.from_config(cfg, _tokenizer(config), train=train, where="test")
+    transform = get_dataset(cfg).example_transform(_tokenizer(config), train=train, where="test")
     return transform(record, np.random.default_rng(seed))
 
 
@@ -471,7 +484,7 @@ def test_filip_config_alone_and_with_the_global_loss():
     za, zb = jnp.asarray(np.random.default_rng(0).normal(size=(2, B, 6, 16)), jnp.float32)
     token_masks = {"text": jnp.arange(6)[None, :] < jnp.arange(1, B + 1)[:, None] % 6 + 1}
     outputs = {"tokens": {"image": za, "text": zb}, "token_masks": token_masks,
-               "embeddings": {"image": cv._unit(za[:, 0]), "text": cv._unit(zb[:, 0])},
+               "embeddings": {"image": l2_normalize(za[:, 0]), "text": l2_normalize(zb[:, 0])},
                "logit_scale": jnp.float32(10.0), "logit_bias": jnp.float32(0.0)}
     filip, _ = cv.filip_loss(za, zb, 10.0, token_valid_b=token_masks["text"])
     clip, _ = contrastive.softmax_contrastive_loss(outputs["embeddings"]["image"], outputs["embeddings"]["text"], 10.0)
@@ -497,7 +510,7 @@ def test_clip_config_loss_variants(loss, reference, logit_init):
     """`clip_digits.py:loss=<name>` runs the named loss with its paper's knobs and its logit init."""
     config = clip_digits.get_config(f"model=tiny,loss={loss}")
     assert (config.model.logit_scale_init, config.model.logit_bias_init) == pytest.approx(logit_init)
-    za, zb = (cv._unit(z) for z in np.random.default_rng(1).normal(size=(2, B, 16)).astype(np.float32))
+    za, zb = (l2_normalize(z) for z in np.random.default_rng(1).normal(size=(2, B, 16)).astype(np.float32))
     outputs = {"embeddings": {"image": za, "text": zb}, "logit_scale": jnp.float32(10.0),
                "logit_bias": jnp.float32(-2.0)}
     present = {"image": np.ones(B, bool), "text": np.arange(B) != 3}

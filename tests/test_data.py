@@ -21,34 +21,37 @@ import pytest
 import tensorflow_datasets as tfds
 from array_record.python.array_record_module import ArrayRecordWriter
 
-from mmjax.data import digits, pipeline
+from mmjax.data import builders, pipeline
+from mmjax.data.config import data_config
+from mmjax.data.datasets import digits, get_dataset, mnist
+from mmjax.data.example import bind_modalities
 from mmjax.data.tokenizer import get_tokenizer
 from mmjax.data.transforms import BadRecordError, RandomShift, ValidateRecord
 
-_NUMBER_WORDS = {**{n: i for i, n in enumerate(digits.CLASS_NAMES)}, **{str(i): i for i in range(10)}}
+_NUMBER_WORDS = {**{n: i for i, n in enumerate(mnist.CLASS_NAMES)}, **{str(i): i for i in range(10)}}
 
 
 @pytest.fixture(scope="module")
 def raw():
-    images, labels = digits.load_raw()
+    images, labels = mnist.load_raw()
     return {"by_image": {im.tobytes(): i for i, im in enumerate(images)}, "labels": labels}
 
 
 @pytest.fixture(scope="module")
 def builder():
-    return digits.DigitsCaptions(data_dir=digits.ensure_prepared())
+    return digits.DigitsCaptions(data_dir=builders.ensure_prepared(digits.DigitsCaptions))
 
 
 @pytest.fixture
 def cfg():
-    cfg = pipeline.default_data_config()
+    cfg = data_config()
     cfg.num_threads, cfg.prefetch_buffer_size = 2, 4  # Threads on: resume must hold with them.
     return cfg
 
 
 @pytest.fixture(scope="module")
 def tok():
-    return get_tokenizer("bytes", pipeline.default_data_config().text_len)
+    return get_tokenizer("bytes", data_config().text.max_len)
 
 
 def mnist_indices(images, raw):
@@ -81,7 +84,7 @@ def test_read_idx_checks_magic(tmp_path):
     with gzip.open(path, "wb") as f:
         f.write((0x0803).to_bytes(4, "big") + (1).to_bytes(4, "big") + b"\0")
     with pytest.raises(ValueError, match="magic"):
-        digits.read_idx(str(path), 1)
+        mnist.read_idx(str(path), 1)
 
 
 def test_splits(builder, raw):
@@ -98,31 +101,32 @@ def test_splits(builder, raw):
             assert r["label"] == raw["labels"][i]
             caption = r["caption"].decode()
             assert named_digits(caption) == {r["label"]}, caption
-            templates |= {t for t in digits.CAPTION_TEMPLATES if digits.format_caption(t, r["label"]) == caption}
-        assert len(templates) == len(digits.CAPTION_TEMPLATES)  # Every template is used.
+            templates |= {t for t in mnist.CAPTION_TEMPLATES if mnist.format_caption(t, r["label"]) == caption}
+        assert len(templates) == len(mnist.CAPTION_TEMPLATES)  # Every template is used.
     assert not seen["train"] & seen["test"]
     assert seen["train"] | seen["test"] == set(range(10000))
-    assert sorted(seen["test"]) == sorted(digits.split_indices(10000)["test"])  # The fixed seed.
+    assert sorted(seen["test"]) == sorted(mnist.split_indices(10000)["test"])  # The fixed seed.
 
 
 def test_templates_and_prompts():
-    assert len(digits.CAPTION_TEMPLATES) >= 8 and len(digits.ZEROSHOT_PROMPTS) >= 4
-    assert set(digits.ZEROSHOT_PROMPTS) & set(digits.CAPTION_TEMPLATES)
-    fit = pipeline.default_data_config().text_len - 2
-    for template in digits.CAPTION_TEMPLATES + digits.ZEROSHOT_PROMPTS:
+    assert len(mnist.CAPTION_TEMPLATES) >= 8 and len(mnist.ZEROSHOT_PROMPTS) >= 4
+    assert set(mnist.ZEROSHOT_PROMPTS) & set(mnist.CAPTION_TEMPLATES)
+    fit = data_config().text.max_len - 2
+    for template in mnist.CAPTION_TEMPLATES + mnist.ZEROSHOT_PROMPTS:
         for y in range(10):  # Truncation by the tokenizer must never drop the class.
-            assert len(digits.format_caption(template, y).encode()) <= fit, template
-            assert named_digits(digits.format_caption(template, y)) == {y}
+            assert len(mnist.format_caption(template, y).encode()) <= fit, template
+            assert named_digits(mnist.format_caption(template, y)) == {y}
 
 
 _RACE = """
 import os, sys, time, logging
 logging.basicConfig(level=logging.INFO)
-from mmjax.data import digits
+from mmjax.data import builders
+from mmjax.data.datasets import digits
 open(sys.argv[2], "w").close()
 while not os.path.exists(sys.argv[3]):
     time.sleep(0.01)
-digits.ensure_prepared(sys.argv[1])
+builders.ensure_prepared(digits.DigitsCaptions, sys.argv[1])
 """
 
 
@@ -143,29 +147,36 @@ def test_concurrent_prepare_builds_once(tmp_path):
 # -- transforms ---------------------------------------------------------------
 
 def _record(**changes):
-    record = {"image": np.zeros(digits.IMAGE_SHAPE, np.uint8), "label": 3, "caption": b"the digit 3", "index": 5}
+    record = {"image": np.zeros(mnist.IMAGE_SHAPE, np.uint8), "label": 3, "caption": b"the digit 3", "index": 5}
     return {k: v for k, v in {**record, **changes}.items() if v is not ...}
+
+
+def _validator(where, modalities=("image", "text")):
+    """The digits dataset's validation of image and caption, as its open_split builds it."""
+    cfg = data_config(modalities=modalities)
+    return ValidateRecord(where, bind_modalities(cfg, None, train=False), {"image": "image", "text": "caption"},
+                          num_classes=10)
 
 
 @pytest.mark.parametrize("record, message", [
     (_record(image=np.zeros((27, 28, 1), np.uint8)), "field 'image' has shape (27, 28, 1), expected (28, 28, 1)"),
-    (_record(image=np.zeros(digits.IMAGE_SHAPE, np.float32)), "field 'image' has dtype float32, expected uint8"),
+    (_record(image=np.zeros(mnist.IMAGE_SHAPE, np.float32)), "field 'image' has dtype float32, expected uint8"),
     (_record(label=...), "field 'label' is missing"),
     (_record(image=None), "field 'image' is missing"),  # What TFDS gives for an absent feature.
-    (_record(caption=b"  "), "field 'caption' is empty"),
-    (_record(caption=b"\xff"), "field 'caption' is not valid UTF-8"),
+    (_record(caption=b"  "), "field 'caption' (text) is empty"),
+    (_record(caption=b"\xff"), "field 'caption' (text) is not valid UTF-8"),
     (_record(label=10), "field 'label' is 10, expected an integer in [0, 10)"),
     (_record(label=-1), "field 'label' is -1"),
 ])
 def test_validate_names_example_and_field(record, message):
-    validate = ValidateRecord("digits_captions/train", image_shape=digits.IMAGE_SHAPE, num_classes=10)
+    validate = _validator("digits_captions/train")
     with pytest.raises(BadRecordError) as err:
         validate.map_with_index(17, record)
     assert str(err.value).startswith(f"digits_captions/train example 17: {message}")
 
 
 def test_validate_passes_good_record():
-    validate = ValidateRecord("d/s", image_shape=digits.IMAGE_SHAPE, num_classes=10)
+    validate = _validator("d/s")
     assert validate.map_with_index(0, _record())["caption"] == "the digit 3"
 
 
@@ -194,7 +205,7 @@ def test_train_batches(cfg, tok):
     assert batch["present"]["image"].all() and batch["present"]["text"].all()
     assert batch["flags"]["text_truncated"].dtype == bool and not batch["flags"]["text_truncated"].any()
     assert batch["image"].dtype == np.float32 and batch["image"].shape == (64, 28, 28, 1)
-    assert batch["text"].dtype == np.int32 and batch["text"].shape == (64, cfg.text_len)
+    assert batch["text"].dtype == np.int32 and batch["text"].shape == (64, cfg.text.max_len)
     assert batch["label"].dtype == np.int32 and batch["label"].shape == (64,)
     assert batch["image"].min() == -1.0 and batch["image"].max() == 1.0
     assert (batch["text"][:, 0] == tok.bos_id).all() and ((batch["text"] == tok.eot_id).sum(1) == 1).all()
@@ -306,3 +317,11 @@ def test_corrupt_record_names_example(cfg, tok, builder, tmp_path):
     cfg.data_dir = str(tmp_path)
     with pytest.raises(BadRecordError, match=r"^digits_captions/test example 5: cannot deserialize record"):
         pipeline.make_eval_batches(cfg, split="test", batch_size=100, tokenizer=tok)
+
+
+def test_dataset_zeroshot_prompts_are_class_major():
+    """[C][T]: every template of mnist.ZEROSHOT_PROMPTS filled in for each class, in label order."""
+    prompts = get_dataset(data_config()).zeroshot_prompts()
+    assert len(prompts) == 10 and all(len(p) == len(mnist.ZEROSHOT_PROMPTS) for p in prompts)
+    assert prompts[7][1] == mnist.ZEROSHOT_PROMPTS[1].format(name="seven", digit=7)
+    assert all(named_digits(p) == {c} for c, row in enumerate(prompts) for p in row)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-from mmjax import parallel
+from mmjax import objectives, parallel
 from mmjax.objectives import contrastive, distributed
 
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -152,9 +152,9 @@ def test_objective_matches_global_objective_under_set_mesh(name, reference):
     cfg = ml_collections.ConfigDict({"name": name, "modalities": ("image", "text")})
     mesh = _mesh("data4_fsdp2")
     with jax.set_mesh(mesh):
-        loss, metrics = jax.jit(lambda o, b: distributed.OBJECTIVES[name](o, b, cfg))(outputs, batch)
-    want, want_metrics = jax.jit(lambda o, b: contrastive.OBJECTIVES[reference](o, b, cfg))(outputs, batch)
+        loss, metrics = jax.jit(lambda o, b: objectives.get_objective(name)(o, b, cfg))(outputs, batch)
+    want, want_metrics = jax.jit(lambda o, b: objectives.get_objective(reference)(o, b, cfg))(outputs, batch)
     np.testing.assert_allclose(loss, want, **TOL)
     assert set(metrics) == set(want_metrics) and "image_text/a2b_acc" in metrics
     with pytest.raises(ValueError, match="jax.set_mesh"):
-        distributed.OBJECTIVES[name](outputs, batch, cfg)
+        objectives.get_objective(name)(outputs, batch, cfg)

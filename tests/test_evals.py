@@ -1,11 +1,22 @@
-"""Zero-shot and retrieval evaluators on inputs whose answers are known exactly."""
+"""Zero-shot and retrieval metrics on inputs whose answers are known exactly; evaluators built from
+config entries; the runner (features once per modality and split, shared by every evaluator) on a
+stand-in model whose tower calls are counted."""
+import collections
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
+from mmjax import parallel
+from mmjax.evals import EVAL, EVALUATORS, TRAIN, Evaluator, Needs, build_evaluators, runner as runner_lib
+from mmjax.evals.runner import EvalRunner
 from mmjax.evals.retrieval import bidirectional_retrieval, retrieval_recall, topk_hits
-from mmjax.evals.zeroshot import (build_prompts, fused_zeroshot_metrics, prompt_ensemble, tokenwise_class_scores,
-                                  zeroshot_metrics, zeroshot_metrics_from_scores)
-from mmjax.objectives.contrastive_variants import filip_similarities
+from mmjax.evals.zeroshot import (fused_zeroshot_metrics, prompt_ensemble, tokenwise_class_scores, zeroshot_metrics,
+                                  zeroshot_metrics_from_scores)
+from mmjax.similarity import filip_similarities
 
 
 def _unit(x):
@@ -99,14 +110,6 @@ def test_bidirectional_retrieval_keys_and_directions():
 # ---------------------------------------------------------------------------
 # Zero-shot
 # ---------------------------------------------------------------------------
-def test_build_prompts_is_class_major():
-    templates = ["a {name}", "digit {digit}", "{name}={digit}"]
-    prompts = build_prompts(["zero", "one"], ["0", "1"], templates)
-    assert prompts == ["a zero", "digit 0", "zero=0", "a one", "digit 1", "one=1"]
-    with pytest.raises(ValueError, match="digits"):
-        build_prompts(["zero", "one"], ["0"], ["{name}"])
-
-
 def test_prompt_ensemble_is_normalised_mean():
     text = _random_unit(6, 10, 4, 8)  # [C, T, D]
     mean = np.float64(text).mean(axis=1)
@@ -237,3 +240,224 @@ def test_tokenwise_zeroshot_matches_a_direct_computation():
         tokenwise_class_scores(sims, 4)
     with pytest.raises(ValueError, match="finite"):
         zeroshot_metrics_from_scores(np.where(scores > 0, np.nan, scores), labels)
+
+
+# ---------------------------------------------------------------- evaluators from config, and the runner
+C, T, D = 4, 3, 4  # classes, prompt templates per class, embedding width
+
+
+class FakeDataset:
+    """What the runner reads of a dataset: class names and [C][T] class-major prompts."""
+    class_names = tuple(str(c) for c in range(C))
+
+    def zeroshot_prompts(self):
+        return [[str(c) * (t + 1) for t in range(T)] for c in range(C)]  # class 2: "2", "22", "222"
+
+
+class FakeTokenizer:
+    """A prompt's digits as token ids, padded with -1 to length T."""
+    def encode_batch(self, texts):
+        return np.array([[int(ch) for ch in s] + [-1] * (T - len(s)) for s in texts], np.int32)
+
+
+class FakeModel:
+    """A stand-in contrastive model (no transformer to compile): image / audio inputs are [B, 2, D]
+    tokens, text inputs token ids; the embedding is the normalised mean of the valid tokens. Every
+    tower call is counted per modality, at run time (a jitted function traces once)."""
+    modalities = ("audio", "image", "text")
+    project_tokens = True
+
+    def __init__(self):
+        self.calls = collections.Counter()
+
+    def apply(self, variables, x, modality, mask=None, method="embed"):
+        jax.debug.callback(lambda: self.calls.update([modality]))
+        if modality == "text":
+            tokens, valid = jax.nn.one_hot(x, D), x >= 0  # id -1 is padding: a zero token
+        else:
+            tokens, valid = x, (jnp.ones(x.shape[:2], bool) if mask is None else mask)
+        mean = jnp.sum(tokens * valid[..., None], 1) * variables["params"]["scale"]
+        z = mean / jnp.linalg.norm(mean, axis=-1, keepdims=True)
+        return (z, tokens) if method == "embed" else (z, tokens, valid)
+
+
+def _split(rows, batch_size, seed):
+    """Padded eval batches (as mmjax.data.pipeline.make_eval_batches) of `rows` examples whose
+    image and audio tokens sit near their class's axis and whose caption is the class digit."""
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.arange(rows) % C)
+    axis = np.eye(D, dtype=np.float32)[labels][:, None]  # [rows, 1, D]
+    data = {"image": axis + 0.2 * rng.normal(size=(rows, 2, D)).astype(np.float32),
+            "audio": axis + 0.4 * rng.normal(size=(rows, 2, D)).astype(np.float32),
+            "audio_mask": np.stack([np.ones(rows, bool), np.arange(rows) % 2 == 0], 1),
+            "text": np.concatenate([labels[:, None], -np.ones((rows, T - 1))], 1).astype(np.int32),
+            "label": labels.astype(np.int32)}
+    batches = []
+    for start in range(0, rows, batch_size):
+        batch = {k: v[start:start + batch_size] for k, v in data.items()}
+        n = len(batch["label"])
+        batch = {k: np.concatenate([v, np.zeros((batch_size - n, *v.shape[1:]), v.dtype)]) for k, v in batch.items()}
+        batches.append(batch | {"mask": np.arange(batch_size) < n})
+    return batches
+
+
+EVERYTHING = {  # every built-in type, several reading the same (modality, split)
+    "zeroshot": {"type": "zeroshot", "modalities": ("image", "audio")},
+    "zeroshot_tokenwise": {"type": "zeroshot_tokenwise", "modalities": ("image",)},
+    "zeroshot_multilinear": {"type": "zeroshot_multilinear", "groups": ("image+audio",)},
+    "retrieval": {"type": "retrieval", "pairs": ("image:text", "audio:image"), "ks": (1, 5)},
+    "knn": {"type": "knn", "modalities": ("image",)},
+    "linear": {"type": "linear", "modalities": ("image",)},
+    "fewshot": {"type": "fewshot", "modalities": ("image",), "ways": 2, "shots": (1, 2)},
+}
+
+
+def _runner(evals=None, devices=1, model=None, batch_size=16, **kw):
+    mesh = parallel.make_mesh(ml_collections.ConfigDict({"data": -1}), jax.devices()[:devices])
+    kw = {"train_batches": _split(70, batch_size, 1), "dataset": FakeDataset(), **kw}
+    return EvalRunner(build_evaluators(EVERYTHING if evals is None else evals), model or FakeModel(),
+                      FakeTokenizer(), mesh, _split(37, batch_size, 0), **kw)
+
+
+PARAMS = {"scale": jnp.float32(1.0)}
+
+
+def test_config_entries_fail_on_unknown_types_and_fields_listing_the_valid_ones():
+    with pytest.raises(ValueError, match=r"config.evals.zs.type.*valid names: \['fewshot', 'knn', 'linear', "
+                                         r"'retrieval', 'zeroshot', 'zeroshot_multilinear', 'zeroshot_tokenwise'\]"):
+        build_evaluators({"zs": {"type": "zero_shot", "modalities": ("image",)}})
+    with pytest.raises(ValueError, match=r"config.evals.zs \(ZeroShot\): unknown fields \['modality'\]; "
+                                         r"valid fields: \['type'\] \+ \['modalities'\]"):
+        build_evaluators({"zs": {"type": "zeroshot", "modality": ("image",)}})
+    with pytest.raises(ValueError, match=r"config.evals.fs .*missing fields \['modalities'\].*'ways', 'shots'"):
+        build_evaluators({"fs": {"type": "fewshot"}})
+    with pytest.raises(ValueError, match="config.evals.x has no 'type'"):
+        build_evaluators({"x": {"modalities": ("image",)}})
+    for entry, message in [({"type": "retrieval", "pairs": ("image",)}, "expected 'query:key'"),
+                           ({"type": "zeroshot_multilinear", "groups": ("image",)}, "two or more modalities"),
+                           ({"type": "knn", "modalities": "image"}, "tuple of non-empty strings")]:
+        with pytest.raises(ValueError, match=f"config.evals.e: .*{message}"):
+            build_evaluators({"e": entry})
+    # The defaults of /tmp/mm/SPEC.md's table, and config values of any sequence type.
+    built = build_evaluators(ml_collections.ConfigDict({"r": {"type": "retrieval"}, "z": {"type": "zeroshot"},
+                                                        "f": {"type": "fewshot", "modalities": ["audio"]}}))
+    assert (built["r"].pairs, built["r"].ks, built["z"].modalities) == (("image:text",), (1, 5, 10), ("image",))
+    assert (built["f"].modalities, built["f"].ways, built["f"].shots) == (("audio",), 5, (1, 5))
+
+
+def test_runner_checks_what_evaluators_read_against_the_model_and_inputs():
+    with pytest.raises(ValueError, match=r"config.evals.knn names modalities \['depth'\] the model cannot embed"):
+        _runner({"knn": {"type": "knn", "modalities": ("depth",)}})
+    model = FakeModel()
+    model.modalities = ("image", "audio")
+    with pytest.raises(ValueError, match="config.evals.zeroshot scores against the class prompts, which needs a text"):
+        _runner({"zeroshot": EVERYTHING["zeroshot"]}, model=model)
+    model = FakeModel()
+    model.project_tokens = False
+    with pytest.raises(ValueError, match="zeroshot_tokenwise: token-wise scores need model.project_tokens"):
+        _runner({"zeroshot_tokenwise": EVERYTHING["zeroshot_tokenwise"]}, model=model)
+    with pytest.raises(ValueError, match="config.evals.linear reads the train split"):
+        _runner({"linear": EVERYTHING["linear"]}, train_batches=())
+    with pytest.raises(ValueError, match="config.evals.zeroshot reads the class prompts"):
+        _runner({"zeroshot": EVERYTHING["zeroshot"]}, dataset=None)
+    # Nothing that reads no prompts and no train split needs them.
+    assert _runner({"retrieval": EVERYTHING["retrieval"]}, train_batches=(), dataset=None)(PARAMS)
+
+
+def test_features_are_extracted_once_per_modality_and_split():
+    runner = _runner()
+    results = runner(PARAMS)
+    eval_batches, train_batches = len(runner.batches), len(runner.split_batches[TRAIN])
+    # image: one eval pass (embeddings and token scores together) + one train pass; audio: one eval
+    # pass for zeroshot, multilinear and retrieval; text: the prompts + one eval pass (retrieval).
+    assert runner.model.calls == {"image": eval_batches + train_batches, "audio": eval_batches,
+                                  "text": 1 + eval_batches}
+    assert list(results) == [  # evaluators in the order given (a ConfigDict sorts them), each in its own
+        "zeroshot_top1_image", "zeroshot_top5_image", "zeroshot_top1_audio", "zeroshot_top5_audio",
+        "zeroshot_tokenwise_top1_image", "zeroshot_tokenwise_top5_image",
+        "zeroshot_multilinear_top1_image_audio", "zeroshot_multilinear_top5_image_audio",
+        "r1_image_text", "r5_image_text", "class_r1_image_text", "class_r5_image_text",
+        "r1_audio_image", "r5_audio_image", "class_r1_audio_image", "class_r5_audio_image",
+        "knn_top1_image", "linear_top1_image",
+        "2way1shot_image", "2way1shot_std_image", "2way2shot_image", "2way2shot_std_image"]
+    # Separable classes: every classifier is right; captions name only the class (retrieval by class).
+    for name in ("knn_top1_image", "linear_top1_image", "zeroshot_top1_image", "class_r1_image_text",
+                 "zeroshot_multilinear_top1_image_audio", "zeroshot_tokenwise_top1_image", "2way2shot_image"):
+        assert results[name] == 1.0, name
+    assert results["zeroshot_top5_audio"] == 1.0  # 4 classes: top-5 is every class
+
+
+def test_a_registered_evaluator_receives_the_shared_features():
+    seen = []
+
+    @dataclasses.dataclass
+    class MeanCosine(Evaluator):
+        """The mean cosine between each example's embeddings of two modalities."""
+        a: str = "image"
+        b: str = "audio"
+
+        def needs(self):
+            return Needs(embeddings=((self.a, EVAL), (self.b, EVAL)), class_embeddings=True)
+
+        def __call__(self, features):
+            seen.append(features)
+            za, zb = features.embeddings[self.a, EVAL], features.embeddings[self.b, EVAL]
+            return {f"mean_cosine_{self.a}_{self.b}": float(np.mean(np.sum(za * zb, 1)))}
+
+    EVALUATORS.register("mean_cosine", MeanCosine)
+    try:
+        runner = _runner({"cos": {"type": "mean_cosine"}, "zeroshot": EVERYTHING["zeroshot"]},
+                         aliases={"cos": "mean_cosine_image_audio"})
+        results = runner(PARAMS)
+    finally:
+        EVALUATORS.unregister("mean_cosine")
+    assert runner.model.calls == {"image": len(runner.batches), "audio": len(runner.batches), "text": 1}
+    (features,) = seen
+    mask = np.concatenate([b["mask"] for b in runner.batches])
+    image = np.concatenate([b["image"] for b in runner.batches]).sum(1)[mask]
+    np.testing.assert_allclose(features.embeddings["image", EVAL], _unit(image), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(features.labels[EVAL], np.concatenate([b["label"] for b in runner.batches])[mask])
+    np.testing.assert_allclose(features.class_embeddings, np.eye(C, D), atol=1e-6)  # prompt "2", "22": axis 2
+    assert features.num_classes == C and set(features.labels) == {EVAL}
+    assert list(results)[0] == "cos" and results["cos"] == results["mean_cosine_image_audio"] > 0.5
+    with pytest.raises(ValueError, match=r"config.eval.aliases \{'x': 'nope'\} name unknown metrics; valid: "
+                                         r"\['zeroshot_top1_image', 'zeroshot_top5_image'\]"):
+        _runner({"zeroshot": {"type": "zeroshot"}}, aliases={"x": "nope"})(PARAMS)
+
+
+def test_runner_on_a_data_parallel_mesh_matches_one_device():
+    # 8 devices: each eval batch of 16 is split 2 rows per device; 12 prompts are padded to 16.
+    one = _runner(devices=1)(PARAMS)
+    eight = _runner(devices=8)(PARAMS)
+    assert eight == pytest.approx(one, abs=1e-6)
+
+
+def test_from_config_reads_the_train_split_and_the_prompts_only_when_asked(monkeypatch):
+    reads = []
+    monkeypatch.setattr(runner_lib.pipeline, "make_eval_batches",
+                        lambda data_cfg, *, split, batch_size, tokenizer: reads.append(split) or
+                        _split(37 if split == "test" else 70, batch_size, len(reads)))
+    class CountingDataset(FakeDataset):
+        def zeroshot_prompts(self):
+            reads.append("prompts")
+            return super().zeroshot_prompts()
+
+    monkeypatch.setattr(runner_lib.datasets, "get_dataset", lambda data_cfg: CountingDataset())
+    mesh = parallel.make_mesh(ml_collections.ConfigDict({"data": -1}), jax.devices()[:1])
+    config = ml_collections.ConfigDict({
+        "data": {"train_split": "train", "eval_split": "test"},
+        "eval": {"batch_size": 16, "aliases": {"i2t_r1": "r1_image_text"}},
+        "evals": {"retrieval": EVERYTHING["retrieval"]}})
+    runner = EvalRunner.from_config(config, FakeModel(), FakeTokenizer(), mesh)
+    assert reads == ["test"] and len(runner.batches) == 3 and list(runner(PARAMS))[0] == "i2t_r1"
+    reads.clear()
+    with config.unlocked():
+        config.evals = ml_collections.ConfigDict(EVERYTHING)
+    EvalRunner.from_config(config, FakeModel(), FakeTokenizer(), mesh)
+    assert sorted(reads) == ["prompts", "test", "train"]
+    with config.unlocked():
+        config.evals = ml_collections.ConfigDict({"knn": {"type": "knn", "modalities": ("depth",)}})
+    reads.clear()
+    with pytest.raises(ValueError, match="cannot embed"):  # before any data is read
+        EvalRunner.from_config(config, FakeModel(), FakeTokenizer(), mesh)
+    assert reads == []

@@ -60,10 +60,10 @@ def test_load_config_applies_overrides_as_the_command_line_does():
     # one-element tuple, a bool or a variant lost on the way would restore a different model.
     from experiments import common
     c = common.load_config("configs/bind_avdigits.py:mode=all_pairs,drop=0.5,steps=7,model=tiny",
-                           {"seed": 3, "optim.warmup_steps": 2, "eval.retrieval_pairs": ("audio:image",),
+                           {"seed": 3, "optim.warmup_steps": 2, "evals.retrieval.pairs": ("audio:image",),
                             "tensorboard": False})
     assert (c.objective.mode, c.total_steps, c.seed, c.optim.warmup_steps, c.batch_size) == ("all_pairs", 7, 3, 2, 32)
-    assert c.eval.retrieval_pairs == ("audio:image",) and c.tensorboard is False
+    assert c.evals.retrieval.pairs == ("audio:image",) and c.tensorboard is False
     assert (c.data.drop_prob.audio, c.data.drop_prob.text, c.data.drop_prob.image) == (0.5, 0.5, 0.0)
     with pytest.raises(ValueError, match="did you mean 'warmup_steps'"):
         common.load_config("configs/bind_avdigits.py", {"optim.warmup_step": 2})

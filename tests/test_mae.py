@@ -9,8 +9,9 @@ import pytest
 
 from mmjax import evaluate, metrics, train
 from mmjax.evals import probe
-from mmjax.models import build_model
-from mmjax.objectives import get_objective, masked, masking
+from mmjax.models import build_model, masking
+from mmjax.models.patches import patchify, unpatchify
+from mmjax.objectives import get_objective, masked
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from configs import audiomae_fsdd, mae_digits, pointmae_digits  # noqa: E402
@@ -31,16 +32,16 @@ def test_mae_encoder_never_sees_masked_patches(tiny):
     n, keep = 49, 12  # 4x4 patches of 28x28; 75% masked
     assert out["pred"].shape == out["target"].shape == (2, n, 16)
     assert (out["mask"].sum(axis=1) == n - keep).all()
-    np.testing.assert_array_equal(out["target"], masked.patchify(images, 4))
+    np.testing.assert_array_equal(out["target"], patchify(images, 4))
     # Overwrite every masked patch's pixels: the encoder only ever saw the
     # visible ones, so the reconstruction is unchanged (same masking key).
-    noise = masked.unpatchify(jnp.where(out["mask"][..., None], 5.0, out["target"]), 4, (7, 7))
+    noise = unpatchify(jnp.where(out["mask"][..., None], 5.0, out["target"]), 4, (7, 7))
     again = apply(params, noise)["masked"]["image"]
     np.testing.assert_array_equal(again["mask"], out["mask"])
     np.testing.assert_allclose(again["pred"], out["pred"], atol=1e-6)
     # ... while changing a visible patch does change it
     visible = int(np.flatnonzero(~np.asarray(out["mask"][0]))[0])
-    touched = masked.unpatchify(out["target"].at[0, visible].set(5.0), 4, (7, 7))
+    touched = unpatchify(out["target"].at[0, visible].set(5.0), 4, (7, 7))
     assert not np.allclose(apply(params, touched)["masked"]["image"]["pred"][0], out["pred"][0])
     loss, metrics_ = get_objective("mae")({"masked": {"image": out}}, {}, tiny.objective)
     want, _ = masked.mae_loss(out["pred"], out["target"], out["mask"])

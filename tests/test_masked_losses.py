@@ -9,7 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mmjax.models.patches import mask_to_pixels, patchify, patchify_spectrogram, unpatchify, unpatchify_spectrogram
 from mmjax.objectives import masked
+from mmjax.teacher import average_layer_targets, ema_schedule, ema_update
 
 RNG = np.random.default_rng(0)
 
@@ -43,31 +45,31 @@ def test_patchify_matches_mae_layout_and_round_trips():
     # MAE: 'nchpwq->nhwpqc' on NCHW images.
     ref = images.transpose(0, 3, 1, 2).reshape(2, 3, 2, p, 3, p)
     ref = np.einsum("nchpwq->nhwpqc", ref).reshape(2, 6, p * p * 3)
-    patches = masked.patchify(jnp.asarray(images), p)
+    patches = patchify(jnp.asarray(images), p)
     np.testing.assert_array_equal(patches, ref)
-    np.testing.assert_array_equal(masked.unpatchify(patches, p, (2, 3)), images)
-    rect = masked.patchify(jnp.asarray(images), (2, 4))
+    np.testing.assert_array_equal(unpatchify(patches, p, (2, 3)), images)
+    rect = patchify(jnp.asarray(images), (2, 4))
     assert rect.shape == (2, 12, 24)
-    np.testing.assert_array_equal(masked.unpatchify(rect, (2, 4), (4, 3)), images)
+    np.testing.assert_array_equal(unpatchify(rect, (2, 4), (4, 3)), images)
     with pytest.raises(ValueError, match="divisible"):
-        masked.patchify(jnp.asarray(images), 5)
+        patchify(jnp.asarray(images), 5)
 
 
 def test_patchify_spectrogram_is_time_major_and_round_trips():
     spec = RNG.normal(size=(2, 8, 6)).astype(np.float32)  # [B, T, F]
     pt, pf = 4, 2
-    patches = np.asarray(masked.patchify_spectrogram(jnp.asarray(spec), (pt, pf)))
+    patches = np.asarray(patchify_spectrogram(jnp.asarray(spec), (pt, pf)))
     assert patches.shape == (2, 2 * 3, pt * pf)
     for t in range(2):
         for f in range(3):  # token t * Fp + f, as in the audio tower
             block = spec[:, t * pt:(t + 1) * pt, f * pf:(f + 1) * pf]
             np.testing.assert_array_equal(patches[:, t * 3 + f], block.reshape(2, -1))
-    np.testing.assert_array_equal(masked.unpatchify_spectrogram(jnp.asarray(patches), (pt, pf), (2, 3)), spec)
+    np.testing.assert_array_equal(unpatchify_spectrogram(jnp.asarray(patches), (pt, pf), (2, 3)), spec)
 
 
 def test_mask_to_pixels_repeats_each_token():
     mask = RNG.random((2, 6)) < 0.5
-    pixels = masked.mask_to_pixels(jnp.asarray(mask), (2, 3), 4)
+    pixels = mask_to_pixels(jnp.asarray(mask), (2, 3), 4)
     ref = mask.reshape(2, 2, 3).repeat(4, axis=1).repeat(4, axis=2)  # SimMIM's repeat_interleave
     np.testing.assert_array_equal(pixels, ref)
 
@@ -114,7 +116,7 @@ def test_mae_loss_ignores_visible_predictions():
 
 IMG = RNG.normal(size=(2, 4, 6, 3))
 IMG_PRED = RNG.normal(size=(2, 4, 6, 3))
-PIX_MASK = np.asarray(masked.mask_to_pixels(jnp.asarray(MASK), (2, 3), 2))
+PIX_MASK = np.asarray(mask_to_pixels(jnp.asarray(MASK), (2, 3), 2))
 
 
 def simmim_ref(pred, target, mask_pixels, loss="l1"):
@@ -245,7 +247,7 @@ def test_feature_regression_masked_only_and_all_tokens_by_default():
 def test_average_layer_targets_matches_reference():
     layers = RNG.normal(size=(3, B, N, D)) * 2
     ref = norm_ref(np.mean([norm_ref(x, "instance") for x in layers], axis=0), "layer")
-    got = masked.average_layer_targets(jnp.asarray(layers), layer_norm="instance", final_norm="layer")
+    got = average_layer_targets(jnp.asarray(layers), layer_norm="instance", final_norm="layer")
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
 
 
@@ -255,19 +257,19 @@ def test_average_layer_targets_matches_reference():
 def test_ema_update_formula_and_dtypes():
     teacher = {"w": jnp.array([1.0, 2.0]), "b": {"c": jnp.array(4.0)}}
     student = {"w": jnp.array([3.0, 0.0]), "b": {"c": jnp.array(0.0)}}
-    new = masked.ema_update(teacher, student, 0.75)
+    new = ema_update(teacher, student, 0.75)
     np.testing.assert_allclose(new["w"], [1.5, 1.5])
     np.testing.assert_allclose(new["b"]["c"], 3.0)
     assert jax.tree.map(lambda x: x.dtype, new) == jax.tree.map(lambda x: x.dtype, teacher)
-    same = masked.ema_update(teacher, student, 1.0)
+    same = ema_update(teacher, student, 1.0)
     np.testing.assert_array_equal(same["w"], teacher["w"])
 
 
 def test_ema_schedule():
-    linear = jax.jit(lambda s: masked.ema_schedule(s, 0.999, 0.9999, 100))
+    linear = jax.jit(lambda s: ema_schedule(s, 0.999, 0.9999, 100))
     np.testing.assert_allclose([linear(0), linear(50), linear(100), linear(1000)],
                                [0.999, 0.99945, 0.9999, 0.9999], rtol=1e-7)
-    cosine = [masked.ema_schedule(s, 0.99, 1.0, 10, kind="cosine") for s in (0, 5, 10)]
+    cosine = [ema_schedule(s, 0.99, 1.0, 10, kind="cosine") for s in (0, 5, 10)]
     np.testing.assert_allclose(cosine, [0.99, 0.995, 1.0], rtol=1e-7)
     with pytest.raises(ValueError, match="valid"):
-        masked.ema_schedule(0, 0.9, 1.0, 10, kind="step")
+        ema_schedule(0, 0.9, 1.0, 10, kind="step")

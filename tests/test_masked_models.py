@@ -19,7 +19,8 @@ import pytest
 from mmjax import metrics, teacher, train
 from mmjax.models import build_model
 from mmjax.models.mae import MaskedAutoencoder
-from mmjax.objectives import get_objective, masked
+from mmjax.models.patches import mask_to_pixels
+from mmjax.objectives import get_objective
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from configs import data2vec_digits, multimae_avdigits, simmim_digits  # noqa: E402
@@ -38,7 +39,7 @@ def _init_and_apply(config):
 def _overwrite(x, token_mask, patch):
     """x [B, H, W(, C)] with 5.0 in every patch where token_mask [B, N] is True."""
     grid = (x.shape[1] // patch[0], x.shape[2] // patch[1])
-    hidden = np.asarray(masked.mask_to_pixels(jnp.asarray(token_mask), grid, patch))
+    hidden = np.asarray(mask_to_pixels(jnp.asarray(token_mask), grid, patch))
     return np.where(hidden.reshape(hidden.shape + (1,) * (x.ndim - 3)), 5.0, x).astype(np.float32)
 
 

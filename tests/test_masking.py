@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmjax.objectives import masking
+from mmjax.models import masking
 
 
 def assert_mask_contract(info: masking.MaskInfo, num_tokens: int, num_keep: int) -> None:

@@ -1,14 +1,17 @@
 """Towers: output contract, scan/remat equivalence, masking, config errors."""
 import chex
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
-from mmjax.models import layers
+from mmjax.models import ENCODERS, MODELS, build_model, layers
+from mmjax.models.encoders import TokenEncoder, build_encoder
 from mmjax.models.text import TextTransformer
-from mmjax.models.towers import ContrastiveModel, build_encoder
+from mmjax.models.towers import ContrastiveModel
 from mmjax.models.vit import ViT
 
 TINY = dict(width=32, depth=2, num_heads=2, mlp_dim=64)
@@ -127,6 +130,54 @@ def test_bad_tower_config_lists_valid_fields():
         build_encoder("image", {"encoder": "resnet"}, "float32", "float32")
     with pytest.raises(ValueError, match="unknown remat policy"):
         init(ViT(patch_size=7, remat="some", **TINY), jnp.ones((1, 28, 28, 1)))
+
+
+def test_an_encoder_registered_outside_mmjax_is_a_tower():
+    """A project's encoder needs its class and one registration line, no edit of mmjax."""
+    @ENCODERS.register("test_mlp")
+    class VectorMLP(TokenEncoder):  # feature vector [B, F] -> one token
+        width: int = 8
+        dtype: jnp.dtype = jnp.float32
+        param_dtype: jnp.dtype = jnp.float32
+
+        @nn.compact
+        def __call__(self, x, mask=None):
+            h = nn.Dense(self.width, dtype=self.dtype, param_dtype=self.param_dtype)(x)
+            return {"pooled": h, "tokens": h[:, None]}
+
+    try:
+        towers = {"image": dict(encoder="vit", patch_size=14, **TINY), "vector": dict(encoder="test_mlp", width=8)}
+        model = ContrastiveModel(towers=towers, embed_dim=16)
+        batch = {"image": jnp.ones((2, 28, 28, 1)), "vector": jnp.ones((2, 5))}
+        out = apply(model, init(model, batch), batch)
+        chex.assert_shape(out["embeddings"]["vector"], (2, 16))
+        assert out["token_masks"]["vector"].shape == (2, 1) and out["token_masks"]["vector"].all()  # the default
+        assert model.modalities == ("image", "vector")
+    finally:
+        ENCODERS.unregister("test_mlp")
+
+
+def test_every_model_kind_says_what_it_embeds():
+    tiny_vit = dict(encoder="vit", patch_size=7, **TINY)
+    decoder = {"width": 32, "depth": 1, "num_heads": 2, "mlp_dim": 64}
+    common = {"dtype": "float32", "param_dtype": "float32"}
+    configs = {
+        "contrastive": {"towers": {"image": tiny_vit, "audio": dict(encoder="audio", **TINY)}, "embed_dim": 8,
+                        "logit_scale_init": 10.0, "logit_bias_init": 0.0},
+        "mae": {"modality": "image", "encoder": tiny_vit, "mask_ratio": 0.75, "decoder": decoder},
+        "data2vec": {"modality": "image", "encoder": tiny_vit, "mask_ratio": 0.75, "decoder": decoder},
+        "simmim": {"modality": "image", "encoder": tiny_vit, "mask_ratio": 0.6, "masking": "block",
+                   "mask_cell": (1, 1)},
+        "multimae": {"modalities": {"image": {"patch": (7, 7)}, "audio": {"patch": (8, 8)}}, "encoder": TINY,
+                     "decoder": decoder, "num_keep": 8, "alpha": 1.0},
+    }
+    assert sorted(configs) == MODELS.names()
+    for kind, cfg in configs.items():
+        model = build_model(ml_collections.ConfigDict({"kind": kind, **common, **cfg}))
+        want = ["audio", "image"] if kind in ("contrastive", "multimae") else ["image"]
+        assert isinstance(model.modalities, tuple) and sorted(model.modalities) == want, kind
+    with pytest.raises(ValueError, match=r"model.kind='clip'; valid: \['contrastive', 'data2vec'"):
+        build_model(ml_collections.ConfigDict({"kind": "clip"}))
 
 
 def test_sincos_posemb_matches_formula():

@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmjax.data import audio, avdigits, pipeline
-from mmjax.data.modalities import ExampleTransform
-from mmjax.data.tokenizer import get_tokenizer
+from mmjax.data import audio, builders, pipeline
+from mmjax.data.datasets import avdigits, get_dataset
+from mmjax.data.tokenizer import from_data_config
 from mmjax.data.transforms import BadRecordError
 from mmjax.models import build_model
 from mmjax.objectives.contrastive import binding_objective
@@ -24,7 +24,7 @@ RECORDINGS = ROOT / "mmjax" / "data" / "raw" / "fsdd" / "recordings"
 
 @pytest.fixture(scope="module")
 def av_builder():
-    return avdigits.AVDigits(data_dir=avdigits.ensure_prepared())
+    return avdigits.AVDigits(data_dir=builders.ensure_prepared(avdigits.AVDigits))
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def tiny():
 
 @pytest.fixture(scope="module")
 def tok(tiny):
-    return get_tokenizer(tiny.data.tokenizer, tiny.data.text_len)
+    return from_data_config(tiny.data)
 
 
 def test_av_digits_splits_are_disjoint_and_paired_by_label(av_builder):
@@ -83,14 +83,14 @@ def _transform(tiny, tok, train=False, **data_changes):
         cfg = cfg.copy_and_resolve_references()
         for k, v in data_changes.items():
             cfg[k] = v
-    return ExampleTransform.from_config(cfg, tok, train=train, where="av_digits/test")
+    return get_dataset(cfg).example_transform(tok, train=train, where="av_digits/test")
 
 
 def test_example_has_every_modality_with_static_shapes(av_builder, tiny, tok):
     out = _transform(tiny, tok, train=True)(_record(av_builder), np.random.default_rng(0))
     assert out["image"].shape == (28, 28, 1) and out["points"].shape == (tiny.data.points.num_points, 3)
     assert out["audio"].shape == (96, 64) and out["audio_mask"].dtype == bool
-    assert out["text"].shape == (tiny.data.text_len,)
+    assert out["text"].shape == (tiny.data.text.max_len,)
     assert all(out["present"].values()) and set(out["present"]) == set(tiny.data.modalities)
     # deterministic under the same generator state
     again = _transform(tiny, tok, train=True)(_record(av_builder), np.random.default_rng(0))
@@ -106,7 +106,8 @@ def test_example_has_every_modality_with_static_shapes(av_builder, tiny, tok):
 def test_bad_modality_input_errors_or_is_dropped_and_counted(av_builder, tiny, tok, field, bad, message):
     record = _record(av_builder, **{field: bad})
     modality = "points" if field == "image" else field
-    with pytest.raises(BadRecordError, match=rf"av_digits/test example 0: field '{modality}'.*{message}"):
+    named = r"'image' \(points\)" if field == "image" else f"'{field}'"  # the stored field, and the modality it feeds
+    with pytest.raises(BadRecordError, match=rf"av_digits/test example 0: field {named}.*{message}"):
         _transform(tiny, tok)(record, np.random.default_rng(0))
     out = _transform(tiny, tok, on_bad_input="drop")(record, np.random.default_rng(0))
     assert not out["present"][modality] and out["flags"][f"bad_{modality}"]
@@ -134,7 +135,7 @@ def test_unknown_modality_for_dataset_lists_valid(tiny):
     with cfg.unlocked():
         cfg.name, cfg.modalities = "digits_captions", ("image", "audio")
     with pytest.raises(ValueError, match=r"no modality \['audio'\]; valid: \['image', 'points', 'text'\]"):
-        pipeline.dataset_builder(cfg)
+        get_dataset(cfg)
 
 
 def test_missing_modality_pairs_are_ignored_by_the_loss(tiny, tok):

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from mmjax import metrics, train
-from mmjax.data import fake, pipeline
-from mmjax.data.tokenizer import get_tokenizer
+from mmjax.data import pipeline
+from mmjax.data.modalities import MODALITIES
+from mmjax.data.tokenizer import from_data_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -125,20 +126,20 @@ def test_plan_cli_on_the_pod_mesh(capsys):
 
 
 def test_fake_examples_have_the_planned_shapes_and_resume_exactly():
-    """Every modality at the shapes fake.input_shapes (and so tools/plan.py) promises, fixed per
+    """Every modality at the shapes pipeline.input_specs (and so tools/plan.py) promises, fixed per
     record, and a restored Grain iterator continues with the same batches."""
     data = _config("clip_vitb16", "data=fake,size=tiny").data
     with data.unlocked():
-        data.modalities = fake.MODALITIES
-    tok = get_tokenizer(data.tokenizer, data.text_len)
+        data.modalities = tuple(MODALITIES.names())  # the fake dataset makes every registered modality
+    tok = from_data_config(data)
     make = lambda: pipeline.make_train_iterator(data, global_batch_size=8, seed=0, tokenizer=tok,  # noqa: E731
                                                 shard_index=0, shard_count=1)
     it = make()
     first = next(it)
     state = json.loads(json.dumps(it.get_state()))
     second = next(it)
-    shapes = fake.input_shapes(data)
-    assert set(shapes.pop("present")) == set(first["present"]) == set(fake.MODALITIES)
+    shapes = pipeline.input_specs(data, tok)
+    assert set(shapes.pop("present")) == set(first["present"]) == set(MODALITIES.names())
     for key, (shape, dtype) in shapes.items():
         assert first[key].shape == (8, *shape) and first[key].dtype == dtype, key
     assert (first["text"] == tok.eot_id).any(axis=1).all() and first["audio_mask"].any(axis=1).all()

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmjax.data import digits
+from mmjax.data.datasets import mnist
 from mmjax.data import points as P
 from mmjax.models import layers, point
 
@@ -151,7 +151,7 @@ def test_tower_rejects_bad_input():
 
 @pytest.fixture(scope="module")
 def digit():
-    return digits.load_raw()[0][0]  # a 7, uint8 [28, 28]
+    return mnist.load_raw()[0][0]  # a 7, uint8 [28, 28]
 
 
 def test_digit_points_lie_on_strokes_within_the_band(digit):

@@ -11,10 +11,11 @@ trainer does. Building is idempotent: a prepared dataset is left as it is.
 import argparse
 
 from mmjax.data import builders
-from mmjax.data.pipeline import DATASETS
+from mmjax.data.datasets import DATASETS, TfdsDataset
 
-# Datasets generated in memory (the fake one) have no builder: nothing to build.
-STORED = sorted(name for name, (builder_cls, _) in DATASETS.items() if builder_cls is not None)
+# Datasets with a TFDS builder of their own; generated ones (fake) have nothing to build.
+STORED = sorted(name for name, dataset in DATASETS.items()
+                if issubclass(dataset, TfdsDataset) and hasattr(dataset, "builder_cls"))
 
 
 def main() -> None:
@@ -23,7 +24,7 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="*", default=STORED, choices=STORED)
     args = parser.parse_args()
     for name in args.datasets:
-        builder_cls, _ = DATASETS[name]
+        builder_cls = DATASETS.get(name).builder_cls
         data_dir = builders.ensure_prepared(builder_cls, args.data_dir)
         info = builder_cls(data_dir=data_dir).info
         splits = ", ".join(f"{s}={info.splits[s].num_examples}" for s in sorted(info.splits))

@@ -3,15 +3,16 @@
     python tools/plan.py --config configs/pod/clip_vitb16.py --mesh data=64,fsdp=4[,tensor=1] [--top 10]
     python tools/plan.py --config configs/pod/audiomae_vitb_audioset.py:size=tiny --mesh data=2,fsdp=2 --config.batch_size=8
 
-The state is `mmjax.train.state_layout` under `jax.eval_shape` on a `jax.sharding.AbstractMesh`,
+The state is `mmjax.step.state_layout` under `jax.eval_shape` on a `jax.sharding.AbstractMesh`,
 with the shardings training would use (the config's regex rules, tensor-parallel rules, FSDP
-above sharding.fsdp_min_size); inputs have the shapes of `mmjax.data.fake.input_shapes` (images:
-data.fake.image_shape), so no data is read. Rows of the table:
+above sharding.fsdp_min_size); inputs have the shapes of `mmjax.data.pipeline.input_specs` (each
+modality's, from config.data), so no data is read. Rows of the table:
   params, optimizer state  every leaf's bytes on one device: its shard shape is its shape
                            with each dimension divided by the mesh axes its PartitionSpec names
-  activations              the residuals JAX keeps for the backward pass of forward + objective
-                           on one device's micro-batch (batch / (data-parallel devices x
-                           accumulation steps)), with the config's remat policy and dtypes,
+  activations              the residuals JAX keeps for the backward pass of the train step's
+                           forward + objective (mmjax.step.Setup: the EMA teacher's targets
+                           included) on one device's micro-batch (batch / (data-parallel devices
+                           x accumulation steps)), with the config's remat policy and dtypes,
                            found by tracing (no compilation); the inputs themselves excluded
 Not counted, so leave headroom: gradients and optimiser-update temporaries (about one more
 copy of the params per device), XLA temporaries and fusion buffers, the layer recomputed during
@@ -35,13 +36,11 @@ from jax.sharding import AbstractMesh, AxisType, PartitionSpec as P
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # `configs` imports `configs.*`, as under `python -m mmjax.main` from the root
 
-from mmjax import accumulate, parallel, train  # noqa: E402
+from mmjax import accumulate, parallel  # noqa: E402
+from mmjax import step as step_lib  # noqa: E402
 from mmjax.config_utils import apply_overrides, split_overrides  # noqa: E402
-from mmjax.data import bpe, fake  # noqa: E402
-from mmjax.data.tokenizer import get_tokenizer  # noqa: E402
-from mmjax.models import build_model  # noqa: E402
-from mmjax.objectives import get_objective  # noqa: E402
-from mmjax.optim import make_optimizer  # noqa: E402
+from mmjax.data import bpe, pipeline  # noqa: E402
+from mmjax.data.tokenizer import from_data_config  # noqa: E402
 
 GIB = 2**30
 
@@ -72,13 +71,14 @@ def shapes_tokenizer(data_cfg):
     """The config's tokenizer, or, without its vocabulary file, CLIP's vocabulary size and eot id:
     models need only those two numbers."""
     try:
-        return get_tokenizer(data_cfg.tokenizer, data_cfg.text_len, data_cfg.tokenizer_path or None)
+        return from_data_config(data_cfg)
     except FileNotFoundError:
-        if data_cfg.tokenizer != "bpe":
+        text = data_cfg.text
+        if text.tokenizer != "bpe":
             raise
         vocab = 2 * 256 + bpe.CLIP_NUM_MERGES + 2  # bytes, bytes + </w>, merges, sot, eot: 49,408
-        print(f"note: {data_cfg.tokenizer_path} not found; sizing CLIP's {vocab:,}-id vocabulary")
-        return SimpleNamespace(vocab_size=vocab, eot_id=vocab - 1, max_len=data_cfg.text_len)
+        print(f"note: {text.tokenizer_path} not found; sizing CLIP's {vocab:,}-id vocabulary")
+        return SimpleNamespace(vocab_size=vocab, eot_id=vocab - 1, max_len=text.max_len)
 
 
 def shard_shape(shape: tuple[int, ...], spec: P, mesh_shape) -> tuple[int, ...]:
@@ -108,7 +108,7 @@ class Plan:
     groups: dict[str, tuple[int, int]]  # "params" | "optimizer state" | "other state" -> (total, per device)
     num_params: int
     micro_batch: int  # rows per device per forward
-    activation_bytes: int | None  # per device; None where not traced (not asked for, or a teacher model)
+    activation_bytes: int | None  # per device; None where not asked for
 
 
 def _group(path: str) -> str:
@@ -118,12 +118,9 @@ def _group(path: str) -> str:
 
 def make_plan(config, mesh: AbstractMesh, activations: bool = True) -> Plan:
     """The plan of `config` on `mesh`; activations=False skips tracing the backward pass."""
-    tokenizer = shapes_tokenizer(config.data)
-    model = build_model(config.model, tokenizer)
-    tx, _ = make_optimizer(config.optim, config.total_steps)
-    shapes = fake.input_shapes(config.data)
-    example = jax.tree.map(lambda s: np.zeros((1, *s[0]), s[1]), shapes, is_leaf=lambda x: isinstance(x, tuple))
-    _, abstract, shardings = train.state_layout(config, model, tx, mesh, example, jax.random.key(0))
+    setup = step_lib.build(config, tokenizer=shapes_tokenizer(config.data))
+    specs = pipeline.input_specs(config.data, setup.tokenizer)
+    _, abstract, shardings = step_lib.state_layout(setup, mesh, jax.random.key(0), specs)
     leaves, groups = [], {}
     for path, x, sharding in zip(parallel.tree_paths(abstract), jax.tree.leaves(abstract), jax.tree.leaves(shardings)):
         itemsize = np.dtype(x.dtype).itemsize
@@ -136,24 +133,21 @@ def make_plan(config, mesh: AbstractMesh, activations: bool = True) -> Plan:
     accumulate.validate(config.accumulation, config.batch_size, dp)
     micro = config.batch_size // (dp * config.accumulation.steps)
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract["params"]))
-    saved = activation_bytes(config, model, abstract["params"], shapes, micro) if activations else None
+    saved = activation_bytes(setup, abstract, specs, micro) if activations else None
     return Plan(leaves, groups, num_params, micro, saved)
 
 
-def activation_bytes(config, model, params, shapes, rows: int) -> int | None:
-    """Bytes of the residuals saved for the backward pass of forward + objective on `rows` examples."""
-    if getattr(model, "needs_teacher", False):
-        return None  # the objective's targets come from the EMA teacher in the train step
-    objective = get_objective(config.objective.name)
-    batch = jax.tree.map(lambda s: jax.ShapeDtypeStruct((rows, *s[0]), s[1]), shapes,
-                         is_leaf=lambda x: isinstance(x, tuple))
+def activation_bytes(setup, abstract_state, specs, rows: int) -> int:
+    """Bytes of the residuals saved for the backward pass of the train step's forward + objective
+    (mmjax.step.Setup.forward, .loss) on `rows` examples shaped as `specs`."""
+    batch = jax.tree.map(lambda s: jax.ShapeDtypeStruct((rows, *s[0]), s[1]), specs,
+                         is_leaf=lambda x: isinstance(x, tuple) and isinstance(x[0], tuple))
     key = jax.random.key(0)
 
-    def loss(p, b):
-        outputs = model.apply({"params": p}, b, rngs={"dropout": key, "masking": key})
-        return objective(outputs, {**b, "rng": key}, config.objective)[0]
+    def loss(params, batch, teacher):  # the teacher's targets are stop_gradient'ed: it adds no residuals
+        return setup.loss(setup.forward(params, batch, key, teacher), batch, key)[0]
 
-    saved = saved_residuals(loss, params, batch)
+    saved = saved_residuals(loss, abstract_state["params"], batch, abstract_state.get("teacher"))
     return sum(int(np.prod(aval.shape)) * aval.dtype.itemsize for aval, where in saved
                if not where.startswith("from the argument"))
 

@@ -14,7 +14,8 @@ import os
 import shlex
 import sys
 
-from mmjax.data import bpe, digits
+from mmjax.data import bpe
+from mmjax.data.datasets import mnist
 
 DEFAULT_OUT_DIR = os.path.join("mmjax", "data", "raw", "bpe")
 MERGES_FILE = "digits_merges.txt"
@@ -31,7 +32,7 @@ Made by this command, run from the repository root:
     {command}
 
 Corpus: the {num_texts} distinct texts the digits data can produce
-(`mmjax.data.digits.CAPTION_TEMPLATES` and `ZEROSHOT_PROMPTS`, each filled with
+(`mmjax.data.datasets.mnist.CAPTION_TEMPLATES` and `ZEROSHOT_PROMPTS`, each filled with
 every class name and numeral); no external data. Training merges the most
 frequent adjacent pair first (ties to the smallest pair), up to {max_merges}
 merges, and stops when the most frequent pair occurs fewer than {min_count} times.
@@ -47,8 +48,8 @@ For CLIP's own ids (e.g. to load a pretrained CLIP text tower), pass OpenAI's
 
 
 def corpus() -> list[str]:
-    templates = dict.fromkeys(digits.CAPTION_TEMPLATES + digits.ZEROSHOT_PROMPTS)
-    return sorted({digits.format_caption(t, label) for t in templates for label in range(len(digits.CLASS_NAMES))})
+    templates = dict.fromkeys(mnist.CAPTION_TEMPLATES + mnist.ZEROSHOT_PROMPTS)
+    return sorted({mnist.format_caption(t, label) for t in templates for label in range(len(mnist.CLASS_NAMES))})
 
 
 def main() -> None:

@@ -27,11 +27,12 @@ Data: AudioSet-2M (about 2M ten-second clips: unbalanced + balanced train; its a
 shrinks as videos disappear) as ArrayRecord under data.data_dir (`audioset`), which
 mmjax.data.pipeline cannot read yet: with data=real the run stops at start-up listing the
 readable datasets. data=fake runs the rest at these shapes.
+
+Variants: configs/blocks/pod.py (`data=real|fake`, `size=full|tiny`, `steps`).
 """
 import ml_collections
 
-from configs import audiomae_fsdd
-from configs.pod import common
+from configs.blocks import evals, masked, pod, towers, trainer
 
 AS2M_CLIPS = 2_000_000  # approximate
 BATCH = 512
@@ -42,25 +43,26 @@ LOGMEL = {"sample_rate": 16_000, "n_fft": 400, "win_length": 400, "hop_length": 
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    v = common.parse(arg)
-    c = audiomae_fsdd.get_config("mask=0.8")
-    with c.unlocked():
-        c.batch_size = BATCH
-        c.total_steps = common.steps(EPOCHS, AS2M_CLIPS, BATCH)
-        c.data.name, c.data.train_split, c.data.eval_split = "audioset", "train", "eval"
-        c.data.audio.logmel.update(LOGMEL)
-        c.data.audio.update(num_frames=1024, norm_mean=-4.2677393, norm_std=4.5689974, gain_db=0.0,
-                            time_masks=0, freq_masks=0)
-        c.model.encoder = dict(encoder="audio", patch_time=16, patch_freq=16, width=768, depth=12, num_heads=12,
-                               mlp_dim=3072, posemb="sincos", pool="mean")
-        c.model.decoder = dict(width=512, depth=8, num_heads=16, mlp_dim=2048)
-        c.objective.norm_pix = True
-        c.optim.update(lr=2e-4 * BATCH / 256, b1=0.9, b2=0.95, weight_decay=1e-4, grad_clip_norm=0.0,
-                       warmup_steps=common.steps(WARMUP_EPOCHS, AS2M_CLIPS, BATCH))
-        c.accumulation.mode = "plain"  # a per-example mean: plain accumulation is exact
-        c.eval.batch_size, c.eval.every_steps, c.eval.at_start = 512, 20_000, False
-        c.eval.few_shot_shots = ()
-        if v.size == "tiny":
-            c.data.audio.num_frames, c.data.audio.logmel.n_mels = 64, 32
-            c.model.decoder = dict(width=32, depth=1, num_heads=2, mlp_dim=64)
-    return common.finish(c, v, fsdp=4, remat="none")
+    v = pod.parse(arg)
+    tiny = v.size == "tiny"
+
+    c = pod.run(v, total_steps=pod.steps(EPOCHS, AS2M_CLIPS, BATCH), batch_size=BATCH, fsdp=4,
+                accumulation="plain")  # a per-example mean: plain accumulation is exact
+    c.data = pod.data(v, "audioset", ("audio",), train_split="train", eval_split="eval")
+    c.data.audio.logmel.update(LOGMEL)
+    c.data.audio.update(num_frames=1024, norm_mean=-4.2677393, norm_std=4.5689974, gain_db=0.0,
+                        time_masks=0, freq_masks=0)  # no SpecAugment in pretraining
+    if tiny:
+        c.data.audio.num_frames, c.data.audio.logmel.n_mels = 64, 32
+    c.model = masked.model(
+        "mae", "audio", mask_ratio=0.8, dtype=pod.DTYPE,
+        encoder=towers.audio(pod.tower_size(v, towers.VIT_B), patch_time=16, patch_freq=16, posemb="sincos",
+                             scan=True, remat="none"),
+        decoder=pod.decoder(v, masked.DECODER_B))
+    c.objective = masked.mae_objective(norm_pix=True)
+    c.optim = trainer.adamw(lr=2e-4 * BATCH / 256, b1=0.9, b2=0.95, weight_decay=1e-4, grad_clip_norm=0.0,
+                            warmup_steps=pod.steps(WARMUP_EPOCHS, AS2M_CLIPS, BATCH))
+    c.eval = pod.eval_schedule(v, every_steps=20_000, batch_size=512)
+    c.evals = evals.entries(evals.probes("audio", fewshot_shots=()))
+    c.lock()
+    return c

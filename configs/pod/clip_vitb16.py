@@ -28,37 +28,43 @@ mmjax.data.pipeline cannot read yet: with data=real the run stops at start-up li
 readable datasets. data=fake runs the rest at these shapes, with the embedded BPE vocabulary
 (598 ids) because OpenAI's bpe_simple_vocab_16e6.txt.gz is not shipped: the text tower then has
 24.99M fewer embedding parameters than the real one. tools/plan.py sizes the real vocabulary.
+
+Variants: configs/blocks/pod.py (`data=real|fake`, `size=full|tiny`, `steps`).
 """
 import ml_collections
 
-from configs import clip_digits
-from configs.pod import common
+from configs.blocks import contrastive, evals, pod, towers, trainer
 
 LAION400M_PAIRS = 400_000_000
 BATCH = 32_768
 EPOCHS = 32
 OPENAI_BPE = "bpe_simple_vocab_16e6.txt.gz"
+CLIP_TEXT_B = dict(width=512, depth=12, num_heads=8, mlp_dim=2048)  # CLIP's "63M-parameter" text transformer
+MODALITIES = ("image", "text")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    v = common.parse(arg)
-    c = clip_digits.get_config("loss=softmax")
-    with c.unlocked():
-        c.batch_size = BATCH
-        c.total_steps = common.steps(EPOCHS, LAION400M_PAIRS, BATCH)
-        c.data.name, c.data.train_split, c.data.eval_split = "laion400m", "train", "validation"
-        c.data.modalities = ("image", "text")
-        c.data.tokenizer, c.data.text_len = "bpe", 77
-        c.data.tokenizer_path = "" if v.data == "fake" else OPENAI_BPE
-        c.data.crop_scale, c.data.max_shift = (0.9, 1.0), 0  # open_clip's RandomResizedCrop scale
-        c.model.embed_dim = 512
-        c.model.towers.image.update(patch_size=16, width=768, depth=12, num_heads=12, mlp_dim=3072, pool="tok")
-        c.model.towers.text.update(width=512, depth=12, num_heads=8, mlp_dim=2048)
-        c.optim.update(lr=5e-4, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.2, warmup_steps=2000, grad_clip_norm=0.0)
-        c.eval.batch_size, c.eval.every_steps = 1024, 10_000
-        c.eval.zeroshot_modalities, c.eval.aliases = (), {}
-        c.eval.retrieval_pairs = ("image:text", "text:image")
-        if v.size == "tiny":
-            c.model.embed_dim, c.data.text_len = 32, 16
-            c.model.towers.image.patch_size = 8
-    return common.finish(c, v, fsdp=4, remat="full", image_shape=(32, 32, 3) if v.size == "tiny" else (224, 224, 3))
+    v = pod.parse(arg)
+    tiny = v.size == "tiny"
+
+    c = pod.run(v, total_steps=pod.steps(EPOCHS, LAION400M_PAIRS, BATCH), batch_size=BATCH, fsdp=4)
+    c.data = pod.data(v, "laion400m", MODALITIES, train_split="train", eval_split="validation",
+                      image_shape=(32, 32, 3) if tiny else (224, 224, 3))
+    c.data.text.update(tokenizer="bpe", max_len=16 if tiny else 77,
+                       tokenizer_path="" if v.data == "fake" else OPENAI_BPE)
+    c.data.image.crop_scale, c.data.image.max_shift = (0.9, 1.0), 0  # open_clip's RandomResizedCrop scale
+    c.model = contrastive.model(
+        embed_dim=32 if tiny else 512, logit_init=contrastive.CLIP_INIT, dtype=pod.DTYPE, towers={
+            "image": towers.vit(pod.tower_size(v, towers.VIT_B), patch_size=8 if tiny else 16, pool="tok",
+                                scan=True, remat="full"),
+            "text": towers.text(pod.tower_size(v, CLIP_TEXT_B), max_len=c.data.text.get_ref("max_len"),
+                                scan=True, remat="full"),
+        })
+    c.objective = contrastive.objective("softmax", MODALITIES)
+    c.optim = trainer.adamw(lr=5e-4, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.2, warmup_steps=2000,
+                            grad_clip_norm=0.0)
+    # Zero-shot needs ImageNet's class names and CLIP's prompts (see above): retrieval only.
+    c.eval = pod.eval_schedule(v, every_steps=10_000, batch_size=1024)
+    c.evals = evals.entries(evals.retrieval("image:text", "text:image"))
+    c.lock()
+    return c

@@ -21,47 +21,45 @@ Recipe (paper Table 8 / facebookresearch/mae PRETRAIN.md and models_mae.py):
   optimiser AdamW b1 0.9, b2 0.95, weight decay 0.05; batch 4096; lr = base lr 1.5e-4 x
             4096 / 256 = 2.4e-3; cosine decay after 40 warm-up epochs; 1600 epochs
   data      random resized crop (scale 0.2-1.0) + horizontal flip only
-Differences: the augmentation is mmjax's (random resized crop of data.crop_scale, no flip);
+Differences: the augmentation is mmjax's (random resized crop of data.image.crop_scale, no flip);
 tokens are initialised from a normal (std 0.02) as MAE's are, but the patch embedding is
 flax's default convolution init rather than MAE's xavier_uniform on its flattened kernel.
 
 Data: TFDS `imagenet2012` (train 1,281,167 / validation 50,000), which mmjax.data.pipeline
 cannot read yet (it names only the embedded datasets and `fake`): with data=real the run
 stops at start-up listing the readable names. data=fake runs everything else at these shapes.
+
+Variants: configs/blocks/pod.py (`data=real|fake`, `size=full|tiny`, `steps`).
 """
 import ml_collections
 
-from configs import mae_digits
-from configs.pod import common
+from configs.blocks import evals, masked, pod, towers, trainer
 
 IN1K_TRAIN = 1_281_167
 BATCH = 4096
 EPOCHS, WARMUP_EPOCHS = 1600, 40
-VIT_B16 = dict(encoder="vit", patch_size=16, width=768, depth=12, num_heads=12, mlp_dim=3072, posemb="sincos",
-               pool="tok")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    v = common.parse(arg)
-    c = mae_digits.get_config("mask=0.75")
-    with c.unlocked():
-        c.batch_size = BATCH
-        c.total_steps = common.steps(EPOCHS, IN1K_TRAIN, BATCH)
-        c.data.name, c.data.train_split, c.data.eval_split = "imagenet2012", "train", "validation"
-        c.data.modalities = ("image",)
-        c.data.crop_scale, c.data.max_shift = (0.2, 1.0), 0
-        c.model.encoder = dict(VIT_B16)
-        c.model.channels = 3  # RGB: the pixel head predicts 16 x 16 x 3 values per patch
-        c.model.decoder = dict(width=512, depth=8, num_heads=16, mlp_dim=2048)
-        c.objective.norm_pix = True
-        c.optim.update(lr=1.5e-4 * BATCH / 256, b1=0.9, b2=0.95, weight_decay=0.05, grad_clip_norm=0.0,
-                       warmup_steps=common.steps(WARMUP_EPOCHS, IN1K_TRAIN, BATCH))
-        # Gradient accumulation, if the per-device batch does not fit: MAE's loss is a mean over
-        # examples, so plain accumulation is exact (mmjax.accumulate).
-        c.accumulation.mode = "plain"
-        c.eval.batch_size, c.eval.every_steps, c.eval.at_start = 1024, 25_000, False
-        c.eval.few_shot_shots = ()
-        if v.size == "tiny":
-            c.model.encoder.update(patch_size=8)
-            c.model.decoder = dict(width=32, depth=1, num_heads=2, mlp_dim=64)
-    return common.finish(c, v, fsdp=4, remat="none", image_shape=(32, 32, 3) if v.size == "tiny" else (224, 224, 3))
+    v = pod.parse(arg)
+    tiny = v.size == "tiny"
+
+    # Gradient accumulation, if the per-device batch does not fit: MAE's loss is a mean over
+    # examples, so plain accumulation is exact (mmjax.accumulate).
+    c = pod.run(v, total_steps=pod.steps(EPOCHS, IN1K_TRAIN, BATCH), batch_size=BATCH, fsdp=4, accumulation="plain")
+    c.data = pod.data(v, "imagenet2012", ("image",), train_split="train", eval_split="validation",
+                      image_shape=(32, 32, 3) if tiny else (224, 224, 3))
+    c.data.image.crop_scale, c.data.image.max_shift = (0.2, 1.0), 0
+    c.model = masked.model(
+        "mae", "image", mask_ratio=0.75, dtype=pod.DTYPE,
+        encoder=towers.vit(pod.tower_size(v, towers.VIT_B), patch_size=8 if tiny else 16, pool="tok", posemb="sincos",
+                           scan=True, remat="none"),
+        decoder=pod.decoder(v, masked.DECODER_B),
+        channels=3)  # RGB: the pixel head predicts 16 x 16 x 3 values per patch
+    c.objective = masked.mae_objective(norm_pix=True)
+    c.optim = trainer.adamw(lr=1.5e-4 * BATCH / 256, b1=0.9, b2=0.95, weight_decay=0.05, grad_clip_norm=0.0,
+                            warmup_steps=pod.steps(WARMUP_EPOCHS, IN1K_TRAIN, BATCH))
+    c.eval = pod.eval_schedule(v, every_steps=25_000, batch_size=1024)
+    c.evals = evals.entries(evals.probes("image", fewshot_shots=()))
+    c.lock()
+    return c

@@ -26,36 +26,37 @@ Data: ShapeNet-55 as ArrayRecord under data.data_dir (`shapenet55`; 41,952 train
 the Point-BERT split list, a number not checked against the list here), which
 mmjax.data.pipeline cannot read yet: with data=real the run stops at start-up listing the
 readable datasets. data=fake runs the rest at these shapes.
+
+Variants: configs/blocks/pod.py (`data=real|fake`, `size=full|tiny`, `steps`).
 """
 import ml_collections
 
-from configs import pointmae_digits
-from configs.pod import common
+from configs.blocks import evals, masked, pod, towers, trainer
 
 SHAPENET55_TRAIN = 41_952
 BATCH = 128
 EPOCHS, WARMUP_EPOCHS = 300, 10
+POINT_MAE = dict(width=384, depth=12, num_heads=6, mlp_dim=1536)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    v = common.parse(arg)
-    c = pointmae_digits.get_config("mask=0.6")
-    with c.unlocked():
-        c.batch_size = BATCH
-        c.total_steps = common.steps(EPOCHS, SHAPENET55_TRAIN, BATCH)
-        c.data.name, c.data.train_split, c.data.eval_split = "shapenet55", "train", "test"
-        c.data.points.update(num_points=1024, rotation_deg=0.0, scale_low=2 / 3, scale_high=3 / 2,
-                             jitter_sigma=0.0, dropout_max=0.0)
-        c.model.encoder = dict(encoder="points", num_groups=64, group_size=32, width=384, depth=12, num_heads=6,
-                               mlp_dim=1536, pointnet_dim=256, pool="mean")
-        c.model.decoder = dict(width=384, depth=4, num_heads=6, mlp_dim=1536)
-        c.optim.update(lr=1e-3, b1=0.9, b2=0.999, weight_decay=0.05, grad_clip_norm=0.0,
-                       warmup_steps=common.steps(WARMUP_EPOCHS, SHAPENET55_TRAIN, BATCH))
-        c.accumulation.mode = "plain"  # Chamfer-L2 is a mean over equally many masked groups per shape
-        c.eval.batch_size, c.eval.every_steps, c.eval.at_start = 512, 5_000, False
-        c.eval.few_shot_shots = ()
-        if v.size == "tiny":
-            c.data.points.num_points = 128
-            c.model.encoder.update(num_groups=16, group_size=8, pointnet_dim=32)
-            c.model.decoder = dict(width=32, depth=1, num_heads=2, mlp_dim=64)
-    return common.finish(c, v, fsdp=4, remat="none")
+    v = pod.parse(arg)
+    tiny = v.size == "tiny"
+
+    c = pod.run(v, total_steps=pod.steps(EPOCHS, SHAPENET55_TRAIN, BATCH), batch_size=BATCH, fsdp=4,
+                accumulation="plain")  # Chamfer-L2 is a mean over equally many masked groups per shape
+    c.data = pod.data(v, "shapenet55", ("points",), train_split="train", eval_split="test")
+    c.data.points.update(num_points=128 if tiny else 1024, rotation_deg=0.0, scale_low=2 / 3, scale_high=3 / 2,
+                         jitter_sigma=0.0, dropout_max=0.0)
+    c.model = masked.model(
+        "mae", "points", mask_ratio=0.6, dtype=pod.DTYPE,
+        encoder=towers.points(pod.tower_size(v, POINT_MAE), num_groups=16 if tiny else 64,
+                              group_size=8 if tiny else 32, pointnet_dim=32 if tiny else 256, scan=True, remat="none"),
+        decoder=pod.decoder(v, towers.decoder(width=384, depth=4, num_heads=6, mlp_dim=1536)))
+    c.objective = masked.mae_objective(norm_pix=False)  # Chamfer-L2 on the masked groups
+    c.optim = trainer.adamw(lr=1e-3, b1=0.9, b2=0.999, weight_decay=0.05, grad_clip_norm=0.0,
+                            warmup_steps=pod.steps(WARMUP_EPOCHS, SHAPENET55_TRAIN, BATCH))
+    c.eval = pod.eval_schedule(v, every_steps=5_000, batch_size=512)
+    c.evals = evals.entries(evals.probes("points", fewshot_shots=()))
+    c.lock()
+    return c

@@ -18,8 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from mmjax.data.transforms import BadInput
 
-class AudioDecodeError(ValueError):
+
+class AudioDecodeError(BadInput):
     """Bytes that are not a readable WAV, or a waveform that cannot be used."""
 
 

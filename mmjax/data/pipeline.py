@@ -20,107 +20,34 @@ from __future__ import annotations
 import grain
 import ml_collections
 import numpy as np
-import tensorflow_datasets as tfds
 
-from mmjax.data import avdigits, builders, digits, fake
-from mmjax.data.modalities import ExampleTransform
+from mmjax.batch_keys import EVAL_MASK, LABEL, PRESENT
+from mmjax.data.datasets import get_dataset
+from mmjax.data.example import bind_modalities
 from mmjax.data.tokenizer import Tokenizer
-from mmjax.data.transforms import RecordSource, ValidateRecord
-
-# name -> (builder class, modalities its examples can provide)
-DATASETS = {
-    digits.NAME: (digits.DigitsCaptions, ("image", "points", "text")),  # points: sampled from the image
-    avdigits.NAME: (avdigits.AVDigits, avdigits.MODALITIES),
-    # Generated in memory at the config's shapes (mmjax.data.fake): no builder, nothing to prepare.
-    fake.NAME: (None, fake.MODALITIES),
-}
-
-
-def default_data_config() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict({
-        "name": digits.NAME,
-        "data_dir": "",  # "" -> $MMJAX_DATA_DIR, else ~/.cache/mmjax/tfds.
-        "train_split": "train",
-        "eval_split": "test",
-        "modalities": ("image", "text"),
-        # Modality dropout: probability that a training example loses each
-        # modality (marked absent in batch["present"]; objectives skip it).
-        "drop_prob": {"image": 0.0, "audio": 0.0, "points": 0.0, "text": 0.0},
-        "on_bad_input": "error",  # or "drop": mark the modality absent and count it
-        # Modalities that also get a second, independently augmented view "<m>_view2" in
-        # training (SimCLR / TCL); evaluation batches never have one.
-        "second_view": (),
-        "augment": True,
-        "max_shift": 2,  # Pixels; digits fill a centred 20x20 box, so 2 rarely clips one.
-        # Further training augmentations (with data.augment), off by default: random resized
-        # crop of an area fraction in crop_scale (before the shift; (1, 1) = off), and
-        # EDA-style caption edits before tokenising: per-word deletion, expected swaps per word.
-        "crop_scale": (1.0, 1.0),
-        "text_delete_prob": 0.0,
-        "text_swap_prob": 0.0,
-        "text_len": 32,  # Tokens incl. bos/eot; every caption template fits in 30 bytes.
-        "tokenizer": "bytes",  # or "bpe"
-        "tokenizer_path": "",  # vocabulary file ("bpe": merges); "" = the embedded default
-        "audio": {
-            # 8 kHz speech: 32 ms windows, 10 ms hop, 64 Slaney mels up to Nyquist.
-            "logmel": {"sample_rate": avdigits.SAMPLE_RATE, "n_fft": 256, "win_length": 256, "hop_length": 80,
-                       "n_mels": 64, "fmin": 0.0, "log_offset": 1e-6},
-            "num_frames": 96,  # ~0.96 s: longer than 98% of FSDD clips; pad/crop + mask
-            # Log-mel mean and std over every 10th FSDD clip with the settings above.
-            "norm_mean": -9.6, "norm_std": 3.5,
-            "gain_db": 6.0,
-            "time_masks": 2, "time_width": 10, "freq_masks": 2, "freq_width": 8,
-        },
-        "points": {
-            "num_points": 256, "thickness": 0.3,
-            # In-plane rotation only: a full turn would make 6 and 9 the same cloud.
-            "rotation_deg": 15.0, "scale_low": 0.8, "scale_high": 1.25,
-            "jitter_sigma": 0.01, "jitter_clip": 0.05, "dropout_max": 0.5,
-        },
-        # Threads building whole batches ahead of the trainer. Decoding is
-        # mostly GIL-bound Python, so more threads overlap with device steps
-        # but barely add throughput.
-        "num_threads": 2,
-        "prefetch_buffer_size": 4,  # Batches (not examples) held ready.
-    })
-
-
-def dataset_builder(data_cfg: ml_collections.ConfigDict):
-    """The prepared TFDS builder of `data_cfg.name` (built on first use)."""
-    if data_cfg.name not in DATASETS:
-        raise ValueError(f"unknown dataset {data_cfg.name!r}; valid names: {sorted(DATASETS)}")
-    builder_cls, available = DATASETS[data_cfg.name]
-    missing = set(data_cfg.modalities) - set(available)
-    if missing:
-        raise ValueError(f"dataset {data_cfg.name} has no modality {sorted(missing)}; valid: {list(available)}")
-    return builder_cls(data_dir=builders.ensure_prepared(builder_cls, data_cfg.data_dir or None))
 
 
 def open_split(data_cfg: ml_collections.ConfigDict, split: str) -> grain.MapDataset:
-    """Validated raw records of one split in stored order (builds the dataset on
-    first use), each with "_index", its position in the split."""
-    if data_cfg.name == fake.NAME:  # generated, not stored: nothing to build or validate
-        return fake.open_split(data_cfg, split)
-    builder = dataset_builder(data_cfg)
-    if split not in builder.info.splits:
-        raise ValueError(f"{data_cfg.name} has no split {split!r}; valid splits: {sorted(builder.info.splits)}")
-    where = f"{data_cfg.name}/{split}"
-    raw = builder.as_data_source(split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
-    source = RecordSource(raw, builder.info.features.deserialize_example_np, where)
-    # Validation sits before any shuffle so its index is the position in the split.
-    validate = ValidateRecord(where, image_shape=digits.IMAGE_SHAPE, num_classes=len(digits.CLASS_NAMES))
-    return grain.MapDataset.source(source).map_with_index(validate)
+    """Validated raw records of one split of `data_cfg.name` in stored order (built on first use),
+    each with "_index", its position in the split."""
+    return get_dataset(data_cfg).open_split(split)
 
 
-def _example_fn(data_cfg: ml_collections.ConfigDict):
-    """record -> model inputs: ExampleTransform, or the fake dataset's generator of them."""
-    return fake.FakeExample if data_cfg.name == fake.NAME else ExampleTransform
+def input_specs(data_cfg: ml_collections.ConfigDict, tokenizer: Tokenizer | None) -> dict:
+    """{key: (shape, dtype)} of one example's model inputs for data_cfg's modalities (each
+    modality's `specs()`), plus "label" and "present": e.g. for sizing or initialising a model
+    without reading any data."""
+    out = {LABEL: ((), np.int32)}
+    for modality in bind_modalities(data_cfg, tokenizer, train=False).values():
+        out |= modality.specs()
+    out[PRESENT] = {m: ((), np.bool_) for m in data_cfg.modalities}
+    return out
 
 
 class _TrainExample(grain.transforms.RandomMap):
-    """ExampleTransform with the generator grain seeds per stream position."""
+    """The example transform with the generator grain seeds per stream position."""
 
-    def __init__(self, fn: ExampleTransform):
+    def __init__(self, fn):
         self.fn = fn
 
     def random_map(self, record, rng):
@@ -128,10 +55,10 @@ class _TrainExample(grain.transforms.RandomMap):
 
 
 class _EvalExample(grain.transforms.MapWithIndex):
-    """ExampleTransform with a generator seeded by the example's index: the same
+    """The example transform with a generator seeded by the example's index: the same
     points are sampled for an example in every evaluation."""
 
-    def __init__(self, fn: ExampleTransform, seed: int):
+    def __init__(self, fn, seed: int):
         self.fn, self.seed = fn, seed
 
     def map_with_index(self, index, record):
@@ -148,7 +75,7 @@ def make_train_iterator(data_cfg: ml_collections.ConfigDict, *, global_batch_siz
     """Infinite iterator of this process's share of each global batch.
 
     Yields b = global_batch_size // shard_count rows of what
-    `mmjax.data.modalities.ExampleTransform` makes (inputs of the configured
+    the dataset's example transform (`mmjax.data.example.ExampleTransform`) makes (inputs of the configured
     modalities, "label", and the per-example "present" and "flags" dicts).
 
     State: `get_state()` is {"next_index": <batches yielded>} (plain ints,
@@ -163,11 +90,11 @@ def make_train_iterator(data_cfg: ml_collections.ConfigDict, *, global_batch_siz
     # Independent streams for order and augmentation, both fixed by `seed`.
     shuffle_seed, augment_seed = np.random.SeedSequence(seed).generate_state(2)
 
+    dataset = get_dataset(data_cfg)
     ds = open_split(data_cfg, data_cfg.train_split)
     ds = ds.shuffle(seed=int(shuffle_seed)).repeat()  # repeat re-seeds the shuffle per epoch.
     # After repeat: the index is the stream position, so epochs augment differently.
-    example = _example_fn(data_cfg).from_config(data_cfg, tokenizer, train=True,
-                                                where=f"{data_cfg.name}/{data_cfg.train_split}")
+    example = dataset.example_transform(tokenizer, train=True, where=f"{data_cfg.name}/{data_cfg.train_split}")
     ds = ds.random_map(_TrainExample(example), seed=int(augment_seed))
     # Local batch j of the whole stream is rows [j*b, (j+1)*b); global batch t
     # is local batches t*S .. t*S+S-1, so shard k takes every S-th from k.
@@ -183,19 +110,20 @@ def make_eval_batches(data_cfg: ml_collections.ConfigDict, *, split: str, batch_
     last is zero-padded, and "mask" (bool [batch_size]) is True on real rows.
     Keys: the modalities' inputs, label, present, flags, and mask.
     """
-    example = _example_fn(data_cfg).from_config(data_cfg, tokenizer, train=False, where=f"{data_cfg.name}/{split}")
+    dataset = get_dataset(data_cfg)
+    example = dataset.example_transform(tokenizer, train=False, where=f"{data_cfg.name}/{split}")
     ds = open_split(data_cfg, split).map_with_index(_EvalExample(example, seed=0))
     ds = ds.batch(batch_size, drop_remainder=False)
     return [_pad_batch(batch, batch_size) for batch in ds.to_iter_dataset(_read_options(data_cfg))]
 
 
 def _pad_batch(batch: dict, size: int) -> dict:
-    n = len(batch["label"])
+    n = len(batch[LABEL])
 
     def pad(v):
         if isinstance(v, dict):  # "present", "flags"
             return {k: pad(x) for k, x in v.items()}
         return np.concatenate([v, np.zeros((size - n, *v.shape[1:]), v.dtype)])
     padded = pad(batch)
-    padded["mask"] = np.arange(size) < n
+    padded[EVAL_MASK] = np.arange(size) < n
     return padded

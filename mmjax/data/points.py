@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from mmjax.data.transforms import BadInput
+
 SHAPES = ("sphere", "cube", "cylinder", "cone", "torus", "pyramid")
 ROTATION_MODES = ("x", "y", "z", "so3")
 
 
-class PointCloudError(ValueError):
+class PointCloudError(BadInput):
     """A point cloud (or the input it is made from) that cannot be used."""
 
 

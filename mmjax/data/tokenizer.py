@@ -101,3 +101,9 @@ def get_tokenizer(name: str, max_len: int, path: str | None = None) -> Tokenizer
     if name == "bytes":
         raise ValueError(f"tokenizer 'bytes' has no vocabulary file, got path={path!r}")
     return TOKENIZERS[name](max_len, path)
+
+
+def from_data_config(data_cfg) -> Tokenizer:
+    """The tokenizer of `config.data.text` (tokenizer, max_len, tokenizer_path)."""
+    text = data_cfg.text
+    return get_tokenizer(text.tokenizer, text.max_len, text.tokenizer_path or None)

@@ -3,7 +3,7 @@ augmentation (EDA-style word deletion and swap).
 
 Order in a pipeline: `RecordSource` (deserialise) -> `ValidateRecord` (before
 any shuffle, so the index it names, and stores as "_index", is the example's
-position in its split) -> `mmjax.data.modalities.ExampleTransform`.
+position in its split) -> `mmjax.data.example.ExampleTransform`.
 
 Bad input stops the run with a `BadRecordError` that names dataset, split,
 example index and field, so the record can be found and fixed (design guide:
@@ -24,6 +24,13 @@ Record = dict[str, Any]
 
 class BadRecordError(ValueError):
     """A record that cannot be read or does not match the expected features."""
+
+
+class BadInput(ValueError):
+    """One modality's stored value is unusable (wrong shape or dtype, corrupt audio, an empty point
+    cloud, ...). Raised by modality code, which does not know where the value came from; the
+    pipeline turns it into a BadRecordError naming dataset, split, example and field, or, with
+    data.on_bad_input="drop", marks the modality absent for that example and counts it."""
 
 
 class RecordSource:
@@ -56,40 +63,49 @@ class RecordSource:
         return f"RecordSource({self._where}, {len(self)} records)"
 
 
-class ValidateRecord(grain.transforms.MapWithIndex):
-    """Checks fields, dtypes, shapes and ranges; passes the record through."""
+def field_name(field: str, modality: str) -> str:
+    """How an error names a value: the stored field, and the modality when they differ."""
+    return repr(field) if field == modality else f"{field!r} ({modality})"
 
-    def __init__(self, where: str, *, image_shape: tuple[int, ...], num_classes: int):
+
+class ValidateRecord(grain.transforms.MapWithIndex):
+    """Checks each configured modality's stored field (its `Modality.validate`) and the label;
+    passes the record through, with validated values (e.g. captions as str) and "_index".
+
+    `modalities` {m: bound Modality}, `fields` {m: the record field m reads}: both from the
+    dataset's schema, so nothing here knows a particular dataset.
+    """
+
+    def __init__(self, where: str, modalities: dict[str, Any], fields: dict[str, str], *, num_classes: int,
+                 label_field: str = "label"):
         self.where = where
-        self.image_shape = tuple(image_shape)
-        self.num_classes = num_classes
+        self.modalities, self.fields = dict(modalities), dict(fields)
+        self.num_classes, self.label_field = num_classes, label_field
 
     def map_with_index(self, index: int, record: Record) -> Record:
         def fail(field: str, problem: str) -> NoReturn:
-            raise BadRecordError(f"{self.where} example {index}: field {field!r} {problem}")
+            raise BadRecordError(f"{self.where} example {index}: field {field} {problem}")
 
-        for field in ("image", "label", "caption"):
-            if record.get(field) is None:  # TFDS decodes an absent feature to None.
-                fail(field, f"is missing (record has {sorted(k for k, v in record.items() if v is not None)})")
-        image, label, caption = record["image"], record["label"], record["caption"]
-        if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
-            fail("image", f"has dtype {getattr(image, 'dtype', type(image).__name__)}, expected uint8")
-        if image.shape != self.image_shape:
-            fail("image", f"has shape {image.shape}, expected {self.image_shape}")
-        if not isinstance(label, (int, np.integer)) or isinstance(label, bool):
-            fail("label", f"has type {type(label).__name__}, expected an integer")
-        if not 0 <= label < self.num_classes:
-            fail("label", f"is {label}, expected an integer in [0, {self.num_classes})")
-        if isinstance(caption, bytes):
+        out = dict(record)
+        for m, modality in self.modalities.items():
+            field = self.fields[m]
+            self._require(record, field, fail)
             try:
-                caption = caption.decode("utf-8")
-            except UnicodeDecodeError as e:
-                fail("caption", f"is not valid UTF-8 ({e})")
-        if not isinstance(caption, str):
-            fail("caption", f"has type {type(caption).__name__}, expected text")
-        if not caption.strip():
-            fail("caption", "is empty")
-        return {**record, "caption": caption, "_index": index}
+                out[field] = modality.validate(out[field])
+            except BadInput as e:
+                fail(field_name(field, m), str(e))
+        self._require(record, self.label_field, fail)
+        label = record[self.label_field]
+        if not isinstance(label, (int, np.integer)) or isinstance(label, bool):
+            fail(repr(self.label_field), f"has type {type(label).__name__}, expected an integer")
+        if not 0 <= label < self.num_classes:
+            fail(repr(self.label_field), f"is {label}, expected an integer in [0, {self.num_classes})")
+        return {**out, "label": label, "_index": index}
+
+    @staticmethod
+    def _require(record: Record, field: str, fail) -> None:
+        if record.get(field) is None:  # TFDS decodes an absent feature to None.
+            fail(repr(field), f"is missing (record has {sorted(k for k, v in record.items() if v is not None)})")
 
 
 class RandomShift(grain.transforms.RandomMap):

@@ -1,14 +1,19 @@
 """Frozen-feature classifiers: kNN and a closed-form ridge linear probe.
 
 Both take features of a labelled train set and score a test set; the
-features are what a frozen encoder produced (mmjax.evals.suite extracts them
-once per evaluation and shares them).
+features are what a frozen encoder produced (mmjax.evals.runner extracts them
+once per evaluation and shares them). `ProbeEvaluator` is the base of the
+`knn`, `linear` and `fewshot` evaluators (their own modules): train split
+features fit the classifier, eval split features are scored.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import numpy as np
+
+from mmjax.evals.base import EVAL, TRAIN, Evaluator, Features, Needs, names
 
 
 def _normalize(x: np.ndarray) -> np.ndarray:
@@ -90,3 +95,26 @@ def few_shot_accuracy(train_x, train_y, test_x, test_y, *, ways: int = 5, shots:
         predicted = np.sort(chosen)[(bias(test_x[query]) @ w).argmax(1)]
         accuracies.append(np.mean(predicted == test_y[query]))
     return float(np.mean(accuracies)), float(np.std(accuracies))
+
+
+@dataclasses.dataclass
+class ProbeEvaluator(Evaluator):
+    """Per modality m: a classifier fit on the train split's frozen features, scored on the eval
+    split's. Subclasses implement `score`."""
+    modalities: tuple[str, ...]
+
+    def __post_init__(self):
+        self.modalities = names(self.modalities, "modalities")
+
+    def needs(self) -> Needs:
+        return Needs(embeddings=tuple((m, split) for m in self.modalities for split in (TRAIN, EVAL)))
+
+    def __call__(self, features: Features) -> dict[str, float]:
+        out = {}
+        for m in self.modalities:
+            out |= self.score(m, features.embeddings[m, TRAIN], features.labels[TRAIN],
+                              features.embeddings[m, EVAL], features.labels[EVAL])
+        return out
+
+    def score(self, modality: str, train_x, train_y, test_x, test_y) -> dict[str, float]:
+        raise NotImplementedError

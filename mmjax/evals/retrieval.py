@@ -13,13 +13,17 @@ probability of landing in the top k, clip(k - h, 0, t) / t. With no ties this is
 the usual 0/1 hit; with all scores equal it is k / N, i.e. chance, not the 1.0 an
 optimistic "count strictly higher" rule would report for a collapsed model.
 
-Inputs may be NumPy or fully addressable jax arrays; work is done in NumPy.
+Inputs may be NumPy or fully addressable jax arrays; work is done in NumPy. The `retrieval`
+evaluator at the bottom reports both recalls for configured query:key pairs of modalities.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import numpy as np
+
+from mmjax.evals.base import EVAL, EVALUATORS, Evaluator, Features, Needs
 
 
 def topk_hits(scores: np.ndarray, positive: np.ndarray, ks: Sequence[int]) -> np.ndarray:
@@ -150,3 +154,42 @@ def class_recall(
         same = key_labels[top] == query_labels[start:start + chunk_size, None]  # [c, kmax]
         hits += [same[:, :k].any(axis=1).sum() for k in ks]
     return {f"r{k}": float(h / len(queries)) for k, h in zip(ks, hits)}
+
+
+def parse_pairs(pairs) -> tuple[tuple[str, str], ...]:
+    """("audio:image",) -> (("audio", "image"),): query modality, key modality."""
+    if isinstance(pairs, str):
+        raise ValueError(f"pairs={pairs!r}: expected a tuple of 'query:key' entries, e.g. ('audio:image',)")
+    out = []
+    for pair in pairs:
+        a, sep, b = str(pair).partition(":")
+        if not sep or not a or not b:
+            raise ValueError(f"pairs entry {pair!r}: expected 'query:key', e.g. 'audio:image'")
+        out.append((a, b))
+    return tuple(out)
+
+
+@EVALUATORS.register("retrieval")
+@dataclasses.dataclass
+class Retrieval(Evaluator):
+    """Per directed pair "a:b", retrieval of b from a over the eval split: instance-level
+    (r<k>_<a>_<b>: the paired example is the one right answer) and class-level
+    (class_r<k>_<a>_<b>: any example of the query's class counts)."""
+    pairs: tuple[str, ...] = ("image:text",)
+    ks: tuple[int, ...] = (1, 5, 10)
+
+    def __post_init__(self):
+        self._pairs = parse_pairs(self.pairs)
+        self.ks = tuple(int(k) for k in self.ks)
+
+    def needs(self) -> Needs:
+        modalities = dict.fromkeys(m for pair in self._pairs for m in pair)
+        return Needs(embeddings=tuple((m, EVAL) for m in modalities))
+
+    def __call__(self, features: Features) -> dict[str, float]:
+        labels, out = features.labels[EVAL], {}
+        for a, b in self._pairs:
+            za, zb = features.embeddings[a, EVAL], features.embeddings[b, EVAL]
+            out |= {f"{k}_{a}_{b}": v for k, v in retrieval_recall(za, zb, ks=self.ks).items()}
+            out |= {f"class_{k}_{a}_{b}": v for k, v in class_recall(za, zb, labels, labels, ks=self.ks).items()}
+        return out

@@ -1,7 +1,8 @@
 """Zero-shot classification: class embeddings from prompt text, nearest by dot product.
 
-Flow: `build_prompts` -> text tower -> reshape to [C, T, D] -> `prompt_ensemble`
--> `zeroshot_metrics` against the (normalised) embeddings of the eval examples.
+Flow: the dataset's class prompts ([C][T] strings, `Dataset.zeroshot_prompts`) -> text tower
+-> reshape to [C, T, D] -> `prompt_ensemble` -> `zeroshot_metrics` against the (normalised)
+embeddings of the eval examples; the `zeroshot` evaluator at the bottom does this per modality.
 `fused_zeroshot_metrics` does the same for the late fusion of a subset of each
 example's modalities (missing modalities at test time). FILIP's token-wise
 zero-shot has no class embedding: `tokenwise_class_scores` averages the
@@ -13,33 +14,15 @@ exactly chance (k / C), never a flattering 1.0.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Mapping, Sequence
 
 import numpy as np
 
+from mmjax.evals.base import EVAL, EVALUATORS, Evaluator, Features, Needs, names
 from mmjax.evals.retrieval import as_embedding_matrix, select_rows, topk_hits
 
-
-def build_prompts(
-    class_names: Sequence[str], digits: Sequence[str], templates: Sequence[str]
-) -> list[str]:
-    """All class x template prompts, class-major (C * T strings).
-
-    Args:
-      class_names: [C] e.g. "seven".
-      digits: [C] the matching numeral, e.g. "7".
-      templates: [T] format strings that may use `{name}` and/or `{digit}`.
-
-    Returns:
-      prompts[c * T + t] = templates[t] filled in for class c, so the text
-      tower's output reshapes directly to [C, T, D].
-    """
-    if len(digits) != len(class_names):
-        raise ValueError(
-            f"{len(class_names)} class names but {len(digits)} digits; need one each")
-    return [template.format(name=name, digit=digit)
-            for name, digit in zip(class_names, digits)
-            for template in templates]
+TOPK = (1, 5)  # the cut-offs of every zero-shot evaluator
 
 
 def prompt_ensemble(text_embeddings) -> np.ndarray:
@@ -92,7 +75,7 @@ def zeroshot_metrics_from_scores(scores, labels, mask=None, topk: Sequence[int] 
 
 
 def tokenwise_class_scores(similarities, num_classes: int) -> np.ndarray:
-    """[N, C * T] example-to-prompt similarities (class-major prompts, as `build_prompts`) -> [N, C]:
+    """[N, C * T] example-to-prompt similarities (class-major prompts, as `Dataset.zeroshot_prompts`) -> [N, C]:
     the mean over each class's T templates (a late-interaction score has no embedding to average)."""
     s = np.asarray(similarities, np.float32)
     if s.ndim != 2 or s.shape[1] % num_classes:
@@ -158,3 +141,31 @@ def fused_zeroshot_metrics(
         raise ValueError(f"modalities {unknown} have no embeddings; available: {sorted(embeddings)}")
     fused = fuse_embeddings([embeddings[m] for m in modalities])
     return zeroshot_metrics(fused, labels, class_embeddings, mask=mask, topk=topk)
+
+
+def renamed(metrics: Mapping[str, float], kind: str, suffix: str) -> dict[str, float]:
+    """{"zeroshot_top1": v} -> {"zeroshot_<kind>_top1_<suffix>": v} (kind "" keeps "zeroshot_")."""
+    prefix = f"zeroshot_{kind}_" if kind else "zeroshot_"
+    return {f"{prefix}{key.removeprefix('zeroshot_')}_{suffix}": value for key, value in metrics.items()}
+
+
+@EVALUATORS.register("zeroshot")
+@dataclasses.dataclass
+class ZeroShot(Evaluator):
+    """Per modality m, the class whose prompt-ensembled text embedding is nearest to the example's
+    embedding: zeroshot_top1_<m>, zeroshot_top5_<m>."""
+    modalities: tuple[str, ...] = ("image",)
+
+    def __post_init__(self):
+        self.modalities = names(self.modalities, "modalities")
+
+    def needs(self) -> Needs:
+        return Needs(embeddings=tuple((m, EVAL) for m in self.modalities), class_embeddings=True)
+
+    def __call__(self, features: Features) -> dict[str, float]:
+        out = {}
+        for m in self.modalities:
+            metrics = zeroshot_metrics(features.embeddings[m, EVAL], features.labels[EVAL],
+                                       features.class_embeddings, topk=TOPK)
+            out |= renamed(metrics, "", m)
+        return out

@@ -4,10 +4,13 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mmjax.models.encoders import ENCODERS, TokenEncoder
 from mmjax.models.layers import AddPositionEmbedding, Dtype, encode_and_pool
+from mmjax.models.patches import patch_validity
 
 
-class AudioTransformer(nn.Module):
+@ENCODERS.register("audio")
+class AudioTransformer(TokenEncoder):
     """Log-mel [B, T, F] (+ valid frames [B, T]) -> {"pooled": [B, D], "tokens": [B, N, D]}.
 
     The spectrogram is cut into non-overlapping (patch_time, patch_freq)
@@ -40,6 +43,22 @@ class AudioTransformer(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
+    @property
+    def patch_shape(self) -> tuple[int, int]:
+        return (self.patch_time, self.patch_freq)
+
+    @property
+    def patch_channels(self) -> int:
+        return 1  # a log-mel has one value per (frame, band)
+
+    @nn.nowrap
+    def token_validity(self, spec, mask, num_tokens: int):
+        """bool [B, N]: patches with at least one valid frame of `mask`, time-major; all without one."""
+        if mask is None:
+            return super().token_validity(spec, mask, num_tokens)
+        time_patches = mask.shape[1] // self.patch_time
+        return patch_validity(mask, (time_patches, num_tokens // time_patches))
+
     @nn.compact
     def __call__(self, spec, mask=None, keep_idx=None):  # spec: [B, T, F]; mask: [B, T] bool or None
         """keep_idx: optional [B, K] patch indices (time-major) to encode (masked modelling)."""
@@ -63,10 +82,7 @@ class AudioTransformer(nn.Module):
 
         # A patch is valid if any of its frames is; every frequency row of a
         # time step shares that validity.
-        valid = None
-        if mask is not None:
-            valid = mask.reshape(b, grid[0], pt).any(axis=-1)  # [B, Tp]
-            valid = jnp.repeat(valid, grid[1], axis=1)  # [B, N], time-major like x
+        valid = None if mask is None else self.token_validity(spec, mask, grid[0] * grid[1])  # [B, N]
         return encode_and_pool(self, x, valid, keep_idx=keep_idx)
 
     def _add_posemb(self, x):  # x: [B, Tp, Fp, D]

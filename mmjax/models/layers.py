@@ -14,6 +14,14 @@ import jax.numpy as jnp
 import numpy as np
 
 Dtype = Any
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def to_dtype(name: str):
+    """A config's dtype name ("float32", "bfloat16", ...) as a jnp dtype."""
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; valid: {sorted(DTYPES)}")
+    return DTYPES[name]
 
 # Names accepted by `Encoder.remat`; "none" disables rematerialisation.
 REMAT_POLICIES = {

@@ -25,47 +25,21 @@ from typing import Any, Mapping
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mmjax.models.layers import Encoder, posemb_sincos_2d
-from mmjax.models.towers import build_encoder, to_dtype
-from mmjax.objectives import masked, masking
+from mmjax.batch_keys import mask_key
+from mmjax.models import masking
+from mmjax.models.encoders import build_encoder
+from mmjax.models.layers import Encoder, posemb_sincos_2d, to_dtype
+from mmjax.models.patches import patches_of
+from mmjax.models.registry import MODELS
 
-PATCH_FIELDS = {"vit": ("patch_size", "patch_size"), "audio": ("patch_time", "patch_freq")}
-KINDS = (*PATCH_FIELDS, "points")
 TARGETS = ("pixels", "features")
-MASKINGS = ("random", "block", "cell")
-
-
-def patches_of(x, patch: tuple[int, int]):
-    """An image [B, H, W, C] or spectrogram [B, T, F] as patches [B, N, P] (float32) and its grid."""
-    if x.ndim == 3:  # spectrogram: one channel
-        x = x[..., None]
-    grid = (x.shape[1] // patch[0], x.shape[2] // patch[1])
-    return masked.patchify(x.astype(jnp.float32), patch), grid
-
-
-def patch_validity(frame_mask, grid: tuple[int, int]):
-    """Valid frames [B, T] -> valid spectrogram patches [B, Tp*Fp] (time-major), as the audio tower:
-    a patch is valid if any of its frames is."""
-    valid = frame_mask.reshape(frame_mask.shape[0], grid[0], -1).any(axis=-1)  # [B, Tp]
-    return jnp.repeat(valid, grid[1], axis=1)
-
-
-def sample_mask(rng, kind: str, batch: int, grid: tuple[int, int], num_keep: int,
-                cell: tuple[int, int] = (1, 1)) -> masking.MaskInfo:
-    """A mask over a (H, W) token grid by name: "random" (MAE), "block" (BEiT
-    blocks) or "cell" (SimMIM's aligned cells of `cell` tokens)."""
-    if kind == "random":
-        return masking.random_mask(rng, batch, grid[0] * grid[1], num_keep)
-    if kind == "block":
-        return masking.block_mask(rng, batch, grid, num_keep)
-    if kind == "cell":
-        return masking.cell_mask(rng, batch, grid, num_keep, tuple(cell))
-    raise ValueError(f"unknown masking {kind!r}; valid: {list(MASKINGS)}")
 
 
 class MaskedAutoencoder(nn.Module):
     modality: str
-    encoder: Mapping[str, Any]  # tower config entry, e.g. {"encoder": "vit", "patch_size": 7, ...}
+    # A tower config entry, e.g. {"encoder": "vit", "patch_size": 7, ...}: any encoder whose tokens are
+    # patches of a grid (`patch_shape`: pixels, log-mel values) or groups of points (`group_shape`).
+    encoder: Mapping[str, Any]
     mask_ratio: float = 0.75
     decoder_width: int = 128
     decoder_depth: int = 2
@@ -77,22 +51,21 @@ class MaskedAutoencoder(nn.Module):
     param_dtype: str = "float32"
 
     def setup(self):
-        kind = self.encoder.get("encoder")
-        if kind not in KINDS:
-            raise ValueError(f"masked autoencoding needs one of the towers {list(KINDS)}; "
-                             f"model.encoder.encoder={kind!r}")
         if self.target not in TARGETS:
             raise ValueError(f"unknown masked-model target {self.target!r}; valid: {list(TARGETS)}")
         self.tower = build_encoder(self.modality, self.encoder, self.dtype, self.param_dtype)
+        self.patch, self.groups = self.tower.patch_shape, self.tower.group_shape
+        if self.patch is None and self.groups is None:
+            raise ValueError(f"masked autoencoding needs an encoder whose tokens are grid patches or point "
+                             f"groups; model.encoder.encoder={self.encoder.get('encoder')!r} has neither")
         kw = dict(dtype=to_dtype(self.dtype), param_dtype=to_dtype(self.param_dtype))
-        if kind == "points":
-            out_dim = self.encoder["group_size"] * 3
+        if self.groups:
+            out_dim = self.groups[1] * 3  # K points of 3 coordinates
             # Point-MAE's decoder position embedding: an MLP on the group centres.
             self.decoder_pos = nn.Sequential([nn.Dense(128, **kw), nn.gelu, nn.Dense(self.decoder_width, **kw)],
                                              name="decoder_pos")
         else:
-            self.patch = tuple(self.encoder[f] for f in PATCH_FIELDS[kind])
-            out_dim = self.patch[0] * self.patch[1] * self._channels()
+            out_dim = self.patch[0] * self.patch[1] * (self.tower.patch_channels or self.channels)
         if self.needs_teacher:
             out_dim = self.encoder["width"]  # the teacher's feature width
         self.decoder_embed = nn.Dense(self.decoder_width, **kw, name="decoder_embed")
@@ -117,8 +90,10 @@ class MaskedAutoencoder(nn.Module):
         standalone module, called on the whole unmasked input (batch[modality], its mask)."""
         return build_encoder(self.modality, self.encoder, self.dtype, self.param_dtype)
 
-    def _channels(self) -> int:
-        return 1 if self.encoder["encoder"] == "audio" else self.channels
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """The modalities `embed` accepts: the one this model reconstructs."""
+        return (self.modality,)
 
     def embed(self, x, modality: str, mask=None):
         """Frozen-encoder features for probes: mean of all patch tokens (no masking)."""
@@ -127,36 +102,36 @@ class MaskedAutoencoder(nn.Module):
 
     def __call__(self, batch: Mapping[str, Any]):
         m = self.modality
-        x, frame_mask = batch[m], batch.get(f"{m}_mask")
-        points = self.encoder["encoder"] == "points"
+        x, frame_mask = batch[m], batch.get(mask_key(m))
         b = x.shape[0]
-        if points:
-            n = self.encoder["num_groups"]
+        if self.groups:
+            n = self.groups[0]
         else:
             target, grid = patches_of(x, self.patch)
             n = target.shape[1]
         info = masking.random_mask(self.make_rng("masking"), b, n, masking.num_keep_for(n, self.mask_ratio))
         out = self.tower(x, frame_mask, keep_idx=info.keep_idx)
         y = masking.unshuffle_with_mask_tokens(self.decoder_embed(out["tokens"]), self.mask_token, info.restore_idx)
-        if points:
+        if self.groups:
             y = y + self.decoder_pos(out["centres"].astype(y.dtype))
         else:  # the decoder's own fixed 2-D sincos position embedding, as MAE's
             y = y + jnp.asarray(posemb_sincos_2d(*grid, self.decoder_width), y.dtype)[None]
         pred = self.decoder_pred(self.decoder(y))  # [B, N, P] (or [B, N, D] features)
         loss_mask = info.mask
         if frame_mask is not None:  # padding patches of short clips are not reconstructed
-            loss_mask = loss_mask & patch_validity(frame_mask, grid)
+            loss_mask = loss_mask & self.tower.token_validity(x, frame_mask, n)
         present = batch.get("present", {}).get(m)
         if present is not None:
             loss_mask = loss_mask & present[:, None]
         if self.needs_teacher:  # the trainer adds "target" from the teacher
             return {"masked": {m: {"pred": pred, "mask": loss_mask}}}
-        if points:  # K points per group, relative to the group's centre, scored by Chamfer-L2
+        if self.groups:  # K points per group, relative to the group's centre, scored by Chamfer-L2
             target = out["neighbourhoods"].astype(jnp.float32)
             pred = pred.reshape(target.shape)
         return {"masked": {m: {"pred": pred, "target": target, "mask": loss_mask}}}
 
 
+@MODELS.register("mae")
 def build_mae(model_cfg, tokenizer=None, target: str = "pixels") -> MaskedAutoencoder:
     del tokenizer  # no text tower
     return MaskedAutoencoder(
@@ -166,6 +141,7 @@ def build_mae(model_cfg, tokenizer=None, target: str = "pixels") -> MaskedAutoen
         target=target, channels=model_cfg.get("channels", 1), dtype=model_cfg.dtype, param_dtype=model_cfg.param_dtype)
 
 
+@MODELS.register("data2vec")
 def build_data2vec(model_cfg, tokenizer=None) -> MaskedAutoencoder:
     """Masked feature prediction: the MAE above regressing its EMA teacher's features."""
     return build_mae(model_cfg, tokenizer, target="features")

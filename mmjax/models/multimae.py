@@ -13,10 +13,10 @@ and a linear head onto that modality's patches. The objective is "mae"
 (per-modality `mae_loss` on hidden patches, summed; metrics per modality).
 
 `embed(x, m)` runs the shared encoder on modality m alone, unmasked, for the
-frozen-feature probes. Spectrogram inputs follow the audio tower: frames
-outside `<m>_mask` are zeroed, patches without a valid frame are neither
-attended to nor scored; an example lacking m (`present[m]` False) gets no
-budget for m (its share goes to the others).
+frozen-feature probes; `modalities` lists the m it accepts. Spectrogram inputs
+follow the audio tower: frames outside `<m>_mask` are zeroed, patches without
+a valid frame are neither attended to nor scored; an example lacking m
+(`present[m]` False) gets no budget for m (its share goes to the others).
 """
 from __future__ import annotations
 
@@ -26,10 +26,12 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from mmjax.models.layers import Dtype, Encoder, MlpBlock, dot_product_attention, encode_and_pool, posemb_sincos_2d
-from mmjax.models.mae import patch_validity, patches_of
-from mmjax.models.towers import to_dtype
-from mmjax.objectives import masking
+from mmjax.batch_keys import mask_key
+from mmjax.models import masking
+from mmjax.models.layers import (Dtype, Encoder, MlpBlock, dot_product_attention, encode_and_pool, posemb_sincos_2d,
+                                 to_dtype)
+from mmjax.models.patches import patch_validity, patches_of
+from mmjax.models.registry import MODELS
 
 
 class PatchAdapter(nn.Module):
@@ -99,8 +101,9 @@ class OutputAdapter(nn.Module):
 
 
 class MultiMAE(nn.Module):
-    # modality -> {"patch": (ph, pw), "channels": C (images; default 1)}; tokens in sorted-name order
-    modalities: Mapping[str, Mapping[str, Any]]
+    # modality -> {"patch": (ph, pw), "channels": C (images; default 1)} (config.model.modalities);
+    # tokens in sorted-name order
+    inputs: Mapping[str, Mapping[str, Any]]
     encoder: Mapping[str, Any]  # width, depth, num_heads, mlp_dim (+ scan, remat)
     decoder: Mapping[str, Any]  # width, depth, num_heads, mlp_dim
     num_keep: int = 24  # visible tokens per example, over all modalities
@@ -110,25 +113,25 @@ class MultiMAE(nn.Module):
 
     def setup(self):
         kw = dict(dtype=to_dtype(self.dtype), param_dtype=to_dtype(self.param_dtype))
-        self.adapters = {m: PatchAdapter(self.encoder["width"], **kw, name=f"{m}_adapter") for m in self.modalities}
+        self.adapters = {m: PatchAdapter(self.encoder["width"], **kw, name=f"{m}_adapter") for m in self.inputs}
         shared = {k: v for k, v in self.encoder.items() if k != "width"}  # the adapters set the width
         self.shared = SharedEncoder(**shared, **kw, name="encoder")
         dec = self.decoder
         self.decoders = {
             m: OutputAdapter(int(np.prod(cfg["patch"])) * cfg.get("channels", 1), dec["width"], dec["depth"],
                              dec["num_heads"], dec["mlp_dim"], **kw, name=f"{m}_decoder")
-            for m, cfg in self.modalities.items()}
+            for m, cfg in self.inputs.items()}
 
     @property
-    def towers(self) -> tuple[str, ...]:
-        """The modalities `embed` accepts (the evaluation suite checks its config against these)."""
-        return tuple(sorted(self.modalities))
+    def modalities(self) -> tuple[str, ...]:
+        """The modalities `embed` accepts, in token order."""
+        return tuple(sorted(self.inputs))
 
     def _tokens(self, m: str, x, frame_mask):
         """Modality m's input -> (patches [B, N, P], grid, valid bool [B, N])."""
         if frame_mask is not None:  # padding frames never reach the model, as in the audio tower
             x = jnp.where(frame_mask[..., None], x, 0)
-        patches, grid = patches_of(x, tuple(self.modalities[m]["patch"]))
+        patches, grid = patches_of(x, tuple(self.inputs[m]["patch"]))
         valid = (jnp.ones(patches.shape[:2], bool) if frame_mask is None else patch_validity(frame_mask, grid))
         return patches, grid, valid
 
@@ -139,11 +142,11 @@ class MultiMAE(nn.Module):
         return out["pooled"].astype(jnp.float32), out["tokens"]
 
     def __call__(self, batch: Mapping[str, Any]):
-        names = self.towers
-        present = {m: p for m, p in batch.get("present", {}).items() if m in self.modalities}
+        names = self.modalities
+        present = {m: p for m, p in batch.get("present", {}).items() if m in self.inputs}
         targets, tokens, valid, sizes, positions = {}, [], {}, {}, []
         for m in names:
-            targets[m], grid, valid[m] = self._tokens(m, batch[m], batch.get(f"{m}_mask"))
+            targets[m], grid, valid[m] = self._tokens(m, batch[m], batch.get(mask_key(m)))
             if m in present:
                 valid[m] = valid[m] & present[m][:, None]
             tokens.append(self.adapters[m](targets[m].astype(to_dtype(self.dtype)), grid))
@@ -166,9 +169,10 @@ class MultiMAE(nn.Module):
         return {"masked": out, "kept": kept}
 
 
+@MODELS.register("multimae")
 def build_multimae(model_cfg, tokenizer=None) -> MultiMAE:
     del tokenizer  # no text tower
     return MultiMAE(
-        modalities={m: dict(cfg) for m, cfg in model_cfg.modalities.items()}, encoder=dict(model_cfg.encoder),
+        inputs={m: dict(cfg) for m, cfg in model_cfg.modalities.items()}, encoder=dict(model_cfg.encoder),
         decoder=dict(model_cfg.decoder), num_keep=model_cfg.num_keep, alpha=model_cfg.alpha,
         dtype=model_cfg.dtype, param_dtype=model_cfg.param_dtype)

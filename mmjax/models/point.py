@@ -15,8 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax.models.encoders import ENCODERS, TokenEncoder
 from mmjax.models.layers import Dtype, encode_and_pool
-
 
 
 def _check_cloud(points, name: str = "points") -> None:
@@ -127,7 +127,8 @@ class MiniPointNet(nn.Module):
         return x.max(axis=-2)
 
 
-class PointTransformer(nn.Module):
+@ENCODERS.register("points")
+class PointTransformer(TokenEncoder):
     """Point cloud [B, N, 3] -> {"pooled": [B, D], "tokens": [B, G, D]}.
 
     Defaults are Point-MAE's (64 groups of 32, width 384, 12 layers, 6 heads,
@@ -160,6 +161,10 @@ class PointTransformer(nn.Module):
     remat: str = "none"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+
+    @property
+    def group_shape(self) -> tuple[int, int]:
+        return (self.num_groups, self.group_size)
 
     @nn.compact
     def __call__(self, points, mask=None, keep_idx=None):

@@ -4,10 +4,12 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mmjax.models.encoders import ENCODERS, TokenEncoder
 from mmjax.models.layers import AddPositionEmbedding, Dtype, Encoder
 
 
-class TextTransformer(nn.Module):
+@ENCODERS.register("text")
+class TextTransformer(TokenEncoder):
     """Token ids [B, L] -> {"pooled": [B, D], "tokens": [B, L, D]}.
 
     Every sequence holds one end-of-text token (id `eot_id`); it and the
@@ -33,13 +35,26 @@ class TextTransformer(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
+    takes_tokenizer = True  # vocab_size and eot_id are the run's tokenizer's
+
+    @nn.nowrap
+    def first_eot(self, text):
+        """int [B]: where each sequence's first eot is."""
+        return jnp.argmax(text == self.eot_id, axis=1)
+
+    @nn.nowrap
+    def token_validity(self, text, mask, num_tokens: int):
+        """bool [B, L]: the tokens up to and including the first eot, those the tower attends to."""
+        del mask, num_tokens
+        return jnp.arange(text.shape[1])[None, :] <= self.first_eot(text)[:, None]
+
     @nn.compact
     def __call__(self, text, mask=None):  # mask: unused, validity comes from the eot position
         del mask
         if text.ndim != 2 or text.shape[1] > self.max_len:
             raise ValueError(f"text must be [B, L<={self.max_len}] token ids, got shape {text.shape}")
-        eot = jnp.argmax(text == self.eot_id, axis=1)  # [B] first eot
-        valid = jnp.arange(text.shape[1])[None, :] <= eot[:, None]  # [B, L]
+        eot = self.first_eot(text)  # [B]
+        valid = self.token_validity(text, None, text.shape[1])  # [B, L]
         x = nn.Embed(self.vocab_size, self.width, embedding_init=nn.initializers.normal(0.02),
                      dtype=self.dtype, param_dtype=self.param_dtype, name="token_embed")(text)
         x = AddPositionEmbedding(self.posemb, (text.shape[1],), self.param_dtype, name="posemb")(x)

@@ -4,10 +4,12 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mmjax.models.encoders import ENCODERS, TokenEncoder
 from mmjax.models.layers import AddPositionEmbedding, Dtype, encode_and_pool
 
 
-class ViT(nn.Module):
+@ENCODERS.register("vit")
+class ViT(TokenEncoder):
     """Image [B, H, W, C] -> {"pooled": [B, D], "tokens": [B, N, D]}.
 
     pool="mean" (global average) or "max" pools the patch tokens; pool="tok"
@@ -26,6 +28,10 @@ class ViT(nn.Module):
     remat: str = "none"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+
+    @property
+    def patch_shape(self) -> tuple[int, int]:
+        return (self.patch_size, self.patch_size)
 
     @nn.compact
     def __call__(self, image, mask=None, keep_idx=None, token_mask=None):  # mask: unused, every patch is valid

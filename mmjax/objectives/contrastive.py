@@ -21,6 +21,8 @@ from typing import Any, Callable, Mapping
 import jax
 import jax.numpy as jnp
 
+from mmjax.objectives.registry import OBJECTIVES
+
 Metrics = dict[str, jax.Array]
 Objective = Callable[[Mapping[str, Any], Mapping[str, Any], Any], tuple[jax.Array, Metrics]]
 
@@ -239,9 +241,7 @@ PAIR_LOSSES = {"softmax": PairLoss(softmax_contrastive_loss, uses_bias=False),
 softmax_objective = two_modality_objective(PAIR_LOSSES["softmax"], "softmax")
 sigmoid_objective = two_modality_objective(PAIR_LOSSES["sigmoid"], "sigmoid")
 
-OBJECTIVES: dict[str, Objective] = {
-    "softmax": softmax_objective,
-    "sigmoid": sigmoid_objective,
-    "bind": binding_objective,
-}
+OBJECTIVES.register("softmax", softmax_objective)
+OBJECTIVES.register("sigmoid", sigmoid_objective)
+OBJECTIVES.register("bind", binding_objective)
 

@@ -14,12 +14,16 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from mmjax.batch_keys import view_key
 from mmjax.objectives.contrastive import (
     _MASKED, DEFAULT_MODALITIES, Metrics, _as_f32_scalar, _in_batch_accuracy, _masked_mean, _prefixed,
     _scaled_similarity, _validity, modality_pair)
+from mmjax.objectives.registry import OBJECTIVES
+from mmjax.similarity import filip_similarities, l2_normalize
 
+# Symile's negative sets; a config names one as a string (configs import no objective) and an
+# unknown one fails in symile_loss listing these.
 SYMILE_NEGATIVES = ("n", "n_squared")
-VIEW2_SUFFIX = "_view2"  # SimCLR's second view of modality m is outputs["embeddings"][m + "_view2"]
 
 
 def _lse(logits: jax.Array, mask: jax.Array) -> jax.Array:  # row-wise, over mask; about -1e9 for an empty row
@@ -46,12 +50,6 @@ def _symmetric(row_loss, a2b, b2a, va, vb, scale, row_loss_b2a=None) -> tuple[ja
     metrics = _in_batch_accuracy(jnp.where(vb[None, :], a2b, _MASKED), jnp.where(va[None, :], b2a, _MASKED).T, pair)
     metrics["logit_scale"] = _as_f32_scalar(scale)
     return loss, metrics
-
-
-def _unit(x: jax.Array) -> jax.Array:
-    # rsqrt of a clamped norm (as in towers.py): zero padding stays finite, no NaN gradient.
-    x = x.astype(jnp.float32)
-    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-12))
 
 
 def dcl_loss(za, zb, scale, valid_a=None, valid_b=None, vmf_sigma=None) -> tuple[jax.Array, Metrics]:
@@ -121,7 +119,7 @@ def cwcl_loss(za, zb, scale, ref_a=None, ref_b=None, valid_a=None, valid_b=None)
     logits = _scaled_similarity(za, zb, scale)
 
     def rows_with(ref):
-        ref = _unit(jax.lax.stop_gradient(ref))
+        ref = l2_normalize(jax.lax.stop_gradient(ref))
         weights = _scaled_similarity(ref, ref, 0.5) + 0.5
 
         def rows(l, candidates, queries):
@@ -131,26 +129,6 @@ def cwcl_loss(za, zb, scale, ref_a=None, ref_b=None, valid_a=None, valid_b=None)
         return rows
     a2b = rows_with(ref_b if ref_b is not None else ref_a)
     return _symmetric(a2b, logits, logits.T, va, vb, scale, row_loss_b2a=a2b if ref_a is None else rows_with(ref_a))
-
-
-def filip_similarities(tokens_a, tokens_b, token_valid_a=None, token_valid_b=None) -> tuple[jax.Array, jax.Array]:
-    """FILIP's late interaction (Yao et al. 2021), [A, B] each, between token sets [A, Na, D] and
-    [B, Nb, D] (a batch against itself in the loss; examples against class prompts in zero-shot):
-    s_ab[i, j] = mean over valid tokens t of a_i of max over valid tokens s of b_j of <a_it, b_js>,
-    s_ba[i, j] = mean over valid tokens s of b_j of max over valid tokens t of a_i of the same.
-    The [A, B, Na, Nb] cosines are materialised: fine at CPU scale, not for huge batches."""
-    ta, tb = _unit(tokens_a), _unit(tokens_b)
-    if ta.ndim != 3 or tb.ndim != 3 or ta.shape[2] != tb.shape[2]:
-        raise ValueError(f"FILIP wants token arrays [B, N, D] of equal D, got {ta.shape} and {tb.shape}")
-    ma = jnp.ones(ta.shape[:2], bool) if token_valid_a is None else jnp.asarray(token_valid_a, bool)
-    mb = jnp.ones(tb.shape[:2], bool) if token_valid_b is None else jnp.asarray(token_valid_b, bool)
-    cos = jnp.einsum("ind,jmd->ijnm", ta, tb, precision=jax.lax.Precision.HIGHEST)  # [B, B, Na, Nb]
-    # Cosines lie in [-1, 1], so a padded token set to -2 never wins a max.
-    best_for_a = jnp.max(jnp.where(mb[None, :, None, :], cos, -2.0), axis=3)  # [B, B, Na]
-    best_for_b = jnp.max(jnp.where(ma[:, None, :, None], cos, -2.0), axis=2)  # [B, B, Nb]
-    s_ab = jnp.sum(jnp.where(ma[:, None, :], best_for_a, 0.0), -1) / jnp.maximum(jnp.sum(ma, 1), 1)[:, None]
-    s_ba = jnp.sum(jnp.where(mb[None, :, :], best_for_b, 0.0), -1) / jnp.maximum(jnp.sum(mb, 1), 1)[None, :]
-    return s_ab, s_ba
 
 
 def filip_loss(tokens_a, tokens_b, scale, token_valid_a=None, token_valid_b=None,
@@ -202,9 +180,10 @@ def symile_loss(embeddings, scale, negatives="n", rng=None, valid=None, missing=
     to the mmjax convention: those examples are dropped (as anchors and candidates).
     """
     num = len(embeddings)
-    if num < 2 or negatives not in SYMILE_NEGATIVES or (negatives == "n" and rng is None):
-        raise ValueError(f"symile wants >= 2 modalities (got {num}), negatives in {list(SYMILE_NEGATIVES)} "
-                         f"(got {negatives!r}) and, for 'n', an rng to shuffle rows")
+    if negatives not in SYMILE_NEGATIVES:  # config.objective.negatives of the "symile" objective
+        raise ValueError(f"symile negatives={negatives!r}; valid: {list(SYMILE_NEGATIVES)}")
+    if num < 2 or (negatives == "n" and rng is None):
+        raise ValueError(f"symile wants >= 2 modalities (got {num}) and, for negatives='n', an rng to shuffle rows")
     reps = [jnp.asarray(e, jnp.float32) for e in embeddings]
     if any(r.ndim != 2 or r.shape != reps[0].shape for r in reps):
         raise ValueError(f"symile wants [B, D] embeddings of one shape, got {[r.shape for r in reps]}")
@@ -302,19 +281,25 @@ hard_negative_objective = _pair_objective("hard_negative", hard_negative_loss, b
 cwcl_objective = _pair_objective("cwcl", cwcl_loss, extras=_references, reference="")
 # The tower tokens are used as they are: a per-token projection to a shared width is the model's job.
 filip_objective = _pair_objective("filip", filip_loss, source="tokens", extras=_token_masks)
+OBJECTIVES.register("dcl", dcl_objective)
+OBJECTIVES.register("hard_negative", hard_negative_objective)
+OBJECTIVES.register("cwcl", cwcl_objective)
+OBJECTIVES.register("filip", filip_objective)
 
 
+@OBJECTIVES.register("simclr")
 def simclr_objective(outputs, batch, cfg) -> tuple[jax.Array, Metrics]:
     """NT-Xent between outputs["embeddings"][m] and [m + "_view2"], m = cfg.modality; cfg.temperature
     defaults to 1 / outputs["logit_scale"]. "sum" adds it to a cross-modal term (TCL-style)."""
     opts = _options(cfg, {"modality": "image", "temperature": None}, "simclr")
-    names = (opts["modality"], opts["modality"] + VIEW2_SUFFIX)
+    names = (opts["modality"], view_key(opts["modality"]))
     z1, z2 = _lookup(outputs["embeddings"], names, 'outputs["embeddings"]')
     temperature = 1.0 / outputs["logit_scale"] if opts["temperature"] is None else opts["temperature"]
     loss, metrics = nt_xent_loss(z1, z2, temperature, valid=batch.get("present", {}).get(names[0]))
     return loss, _prefixed("_".join(names), metrics)
 
 
+@OBJECTIVES.register("symile")
 def symile_objective(outputs, batch, cfg) -> tuple[jax.Array, Metrics]:
     """Symile over cfg.modalities (>= 2), cfg.negatives "n" | "n_squared". The "n" shuffles use
     batch["rng"] (a per-step key from the trainer) if given, else jax.random.key(cfg.seed): then
@@ -331,10 +316,10 @@ def symile_objective(outputs, batch, cfg) -> tuple[jax.Array, Metrics]:
     return loss, _prefixed("_".join(names), metrics)
 
 
+@OBJECTIVES.register("sum")
 def weighted_sum_objective(outputs, batch, cfg) -> tuple[jax.Array, Metrics]:
     """sum_t weight_t * loss_t, cfg.terms = ({"name": ..., "weight": 1.0, **fields}, ...): any
     registered objectives; loss and metrics of each under "<label>/", label defaulting to name."""
-    from mmjax import objectives  # the full registry imports this module, so resolve it at call time
     terms = _options(cfg, {"terms": ()}, "sum")["terms"]
     if not terms:
         raise ValueError("config.objective.terms is empty; give ({'name': ..., 'weight': ...}, ...)")
@@ -344,13 +329,9 @@ def weighted_sum_objective(outputs, batch, cfg) -> tuple[jax.Array, Metrics]:
         weight, label = fields.pop("weight", 1.0), fields.pop("label", fields.get("name"))
         if f"{label}/loss" in metrics:
             raise ValueError(f"config.objective.terms: two terms labelled {label!r}; give each a distinct 'label'")
-        loss, term_metrics = objectives.get_objective(fields.get("name"))(
+        loss, term_metrics = OBJECTIVES.get(fields.get("name"))(
             outputs, batch, ml_collections.ConfigDict(fields))
         total = total + weight * loss
         metrics |= _prefixed(label, {"loss": loss, **term_metrics})
     return total, metrics
 
-
-OBJECTIVES = {"dcl": dcl_objective, "hard_negative": hard_negative_objective, "cwcl": cwcl_objective,
-              "filip": filip_objective, "simclr": simclr_objective, "symile": symile_objective,
-              "sum": weighted_sum_objective}

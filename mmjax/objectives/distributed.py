@@ -40,7 +40,8 @@ from mmjax import parallel
 # The global versions' private helpers are reused on purpose: the distributed
 # losses must mask, cast and normalise exactly as they do.
 from mmjax.objectives.contrastive import (
-    _MASKED, Metrics, Objective, PairLoss, _as_f32_scalar, _validity, two_modality_objective)
+    _MASKED, Metrics, PairLoss, _as_f32_scalar, _validity, two_modality_objective)
+from mmjax.objectives.registry import OBJECTIVES
 
 AxisNames = tuple[str, ...]
 
@@ -302,7 +303,5 @@ sigmoid_chunked_objective = two_modality_objective(PairLoss(_in_context_mesh(sig
 softmax_gathered_objective = two_modality_objective(
     PairLoss(_in_context_mesh(softmax_loss_gathered), uses_bias=False), "softmax_gathered")
 
-OBJECTIVES: dict[str, Objective] = {
-    "sigmoid_chunked": sigmoid_chunked_objective,
-    "softmax_gathered": softmax_gathered_objective,
-}
+OBJECTIVES.register("sigmoid_chunked", sigmoid_chunked_objective)
+OBJECTIVES.register("softmax_gathered", softmax_gathered_objective)

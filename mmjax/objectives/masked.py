@@ -1,32 +1,22 @@
 """Masked-modelling losses: pixel/patch reconstruction, point clouds, features.
 
 Pure functions on arrays, each returning (loss, metrics) with a float32
-scalar loss; they know nothing about models or configs. Only masked
-positions enter a loss: a (finite) prediction at a visible position changes
-neither the value nor the gradient. To drop examples that lack a modality,
-AND their rows of the mask with the per-example `present` flag. With nothing
-masked a loss is 0, not NaN.
+scalar loss; they know nothing about models or configs and take their inputs
+already cut into patches (mmjax.models.patches). Only masked positions enter
+a loss: a (finite) prediction at a visible position changes neither the value
+nor the gradient. To drop examples that lack a modality, AND their rows of the
+mask with the per-example `present` flag. With nothing masked a loss is 0, not
+NaN.
 
-  patchify / unpatchify        images [B, H, W, C] <-> patches [B, N, p*p*C]
-  patchify_spectrogram / ...   log-mel [B, T, F]   <-> patches [B, N, pt*pf]
-  mask_to_pixels               token mask [B, N]   ->  pixel mask [B, H, W]
   mae_loss                     MAE / AudioMAE: per-patch MSE, optional norm_pix
   simmim_loss                  SimMIM: L1 (or L2) on masked pixels
   chamfer_l2                   Point-MAE: Chamfer-L2 per masked group
   feature_regression_loss      data2vec (L2 / smooth L1) and EVA (cosine), with
-  normalize_features,          the teacher-target normalisations and data2vec's
-  average_layer_targets        average of normalised top layers
-  ema_update, ema_schedule     the EMA teacher of data2vec / BYOL-style methods
+  normalize_features           the teacher-target normalisations (the EMA
+                               teacher itself is mmjax.teacher)
 
 Objectives over outputs["masked"][m] = {pred, target, mask}, summed over m:
 "mae" (MAE, AudioMAE, Point-MAE, MultiMAE), "simmim" and "masked_feature".
-
-On the EMA teacher: an optax GradientTransformation maps gradients to
-updates and sees the *pre-update* params, while a teacher is a second param
-tree updated from the *post-update* student and read by the forward pass.
-Wrapping it as one would hide the teacher in opt_state and lag it a step, so
-the trainer keeps `teacher_params` next to `params` and calls `ema_update`
-after `optax.apply_updates`; that is all the machinery it needs.
 """
 from __future__ import annotations
 
@@ -36,58 +26,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mmjax.objectives.registry import OBJECTIVES
+
 Metrics = dict[str, jax.Array]
 
 NORM_PIX_EPS = 1e-6  # MAE: (target - mean) / (var + 1e-6) ** 0.5
 FEATURE_NORM_EPS = 1e-5  # torch layer_norm / instance_norm default, as data2vec uses them
 FEATURE_NORMS = ("none", "layer", "instance")
 REGRESSION_KINDS = ("l2", "smooth_l1", "cosine")
-
-
-def _pair(p: int | tuple[int, int]) -> tuple[int, int]:
-    return (p, p) if isinstance(p, int) else tuple(p)
-
-
-def patchify(images: jax.Array, patch: int | tuple[int, int]) -> jax.Array:
-    """[B, H, W, C] -> [B, (H/ph)*(W/pw), ph*pw*C].
-
-    Patches in raster order (the ViT's token order); each patch flattened as
-    (row, column, channel), MAE's 'nhwpqc' layout.
-    """
-    b, h, w, c = images.shape
-    ph, pw = _pair(patch)
-    if h % ph or w % pw:
-        raise ValueError(f"image size {(h, w)} is not divisible by patch {(ph, pw)}")
-    x = images.reshape(b, h // ph, ph, w // pw, pw, c).transpose(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, (h // ph) * (w // pw), ph * pw * c)
-
-
-def unpatchify(patches: jax.Array, patch: int | tuple[int, int], grid: tuple[int, int]) -> jax.Array:
-    """Inverse of `patchify`: [B, gh*gw, ph*pw*C] -> [B, gh*ph, gw*pw, C]."""
-    b, n, dim = patches.shape
-    (ph, pw), (gh, gw) = _pair(patch), grid
-    if n != gh * gw or dim % (ph * pw):
-        raise ValueError(f"patches {patches.shape} do not fit grid {grid} of {(ph, pw)} patches")
-    c = dim // (ph * pw)
-    x = patches.reshape(b, gh, gw, ph, pw, c).transpose(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, gh * ph, gw * pw, c)
-
-
-def patchify_spectrogram(spec: jax.Array, patch: tuple[int, int]) -> jax.Array:
-    """[B, T, F] -> [B, (T/pt)*(F/pf), pt*pf], time-major like the audio tower."""
-    return patchify(spec[..., None], patch)
-
-
-def unpatchify_spectrogram(patches: jax.Array, patch: tuple[int, int], grid: tuple[int, int]) -> jax.Array:
-    """Inverse of `patchify_spectrogram`: -> [B, T, F]."""
-    return unpatchify(patches, patch, grid)[..., 0]
-
-
-def mask_to_pixels(mask: jax.Array, grid: tuple[int, int], patch: int | tuple[int, int]) -> jax.Array:
-    """Token mask [B, gh*gw] -> pixel mask [B, gh*ph, gw*pw] (SimMIM's repeat_interleave)."""
-    (gh, gw), (ph, pw) = grid, _pair(patch)
-    m = mask.reshape(mask.shape[0], gh, 1, gw, 1)
-    return jnp.broadcast_to(m, (mask.shape[0], gh, ph, gw, pw)).reshape(mask.shape[0], gh * ph, gw * pw)
 
 
 def _masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
@@ -104,7 +50,7 @@ def _check_same(pred: jax.Array, target: jax.Array, what: str) -> None:
 def mae_loss(pred: jax.Array, target: jax.Array, mask: jax.Array, norm_pix: bool = False) -> tuple[jax.Array, Metrics]:
     """MAE reconstruction loss (He et al. 2022), also AudioMAE's on spectrogram patches.
 
-    pred, target: [B, N, P] patches (`patchify` the input for the target);
+    pred, target: [B, N, P] patches (mmjax.models.patches.patchify of the input for the target);
     mask: bool [B, N], True where masked. With norm_pix each target patch is
     standardised by its own mean and *unbiased* variance (torch's default
     `var`, as MAE computes it): (t - mean) / sqrt(var + 1e-6).
@@ -129,7 +75,7 @@ def simmim_loss(pred: jax.Array, target: jax.Array, mask_pixels: jax.Array,
                 loss: str = "l1") -> tuple[jax.Array, Metrics]:
     """SimMIM's loss (Xie et al. 2022) on images [B, H, W, C].
 
-    mask_pixels: bool [B, H, W] (`mask_to_pixels` of the token mask), True
+    mask_pixels: bool [B, H, W] (mmjax.models.patches.mask_to_pixels of the token mask), True
     where masked. As SimMIM: sum(|pred - target| * mask) / (#masked pixels +
     1e-5) / C, i.e. the mean absolute error over masked pixel channels.
     loss="l2" squares the error instead (the paper's ablation of the
@@ -190,18 +136,6 @@ def normalize_features(x: jax.Array, kind: str) -> jax.Array:
     return (x - mean) * jax.lax.rsqrt(var + FEATURE_NORM_EPS)
 
 
-def average_layer_targets(layers: jax.Array, layer_norm: str = "instance", final_norm: str = "none") -> jax.Array:
-    """data2vec targets: normalise each teacher layer, average, normalise again.
-
-    layers [L, B, N, D]: the teacher's outputs of the layers to average (data2vec
-    v1 uses the top 8 for speech/text, 6 for vision). data2vec v1 is
-    layer_norm="instance", final_norm="none"; data2vec 2.0 adds
-    final_norm="layer" (IN -> AVG -> LN).
-    """
-    normed = jax.vmap(lambda x: normalize_features(x.astype(jnp.float32), layer_norm))(layers)
-    return normalize_features(normed.mean(axis=0), final_norm)
-
-
 def feature_regression_loss(
     pred: jax.Array, teacher: jax.Array, mask: jax.Array | None = None, kind: str = "l2",
     normalize_targets: str = "none", beta: float = 1.0, scale: float | None = None,
@@ -254,32 +188,7 @@ def _token_std(v: jax.Array, mask: jax.Array) -> jax.Array:
     return jnp.mean(jnp.sqrt(var))
 
 
-def ema_update(teacher_params, student_params, decay):
-    """teacher <- decay * teacher + (1 - decay) * student, leaf by leaf.
-
-    decay may be a traced scalar (e.g. `ema_schedule` of the step). Each leaf
-    keeps the teacher's dtype; keep the teacher in float32, since a bf16 leaf
-    would round away steps of (1 - decay) ~ 1e-4 of the difference.
-    """
-    decay = jnp.asarray(decay, jnp.float32)
-    return jax.tree.map(lambda t, s: (t + (1.0 - decay) * (s - t)).astype(t.dtype), teacher_params, student_params)
-
-
-def ema_schedule(step, start: float, end: float, total: int, kind: str = "linear") -> jax.Array:
-    """EMA decay at `step`: from `start` to `end` over `total` steps, then `end`.
-
-    kind="linear" is data2vec's anneal (ema_decay -> ema_end_decay by
-    ema_anneal_end_step, e.g. 0.999 -> 0.9999); kind="cosine" is BYOL's
-    end - (end - start) * (cos(pi * step / total) + 1) / 2.
-    """
-    if kind not in ("linear", "cosine"):
-        raise ValueError(f"unknown EMA schedule {kind!r}; valid: ['linear', 'cosine']")
-    frac = jnp.clip(jnp.asarray(step, jnp.float32) / max(total, 1), 0.0, 1.0)
-    if kind == "cosine":
-        frac = (1.0 - jnp.cos(jnp.pi * frac)) / 2.0
-    return start + (end - start) * frac
-
-
+@OBJECTIVES.register("mae")
 def mae_objective(outputs: Mapping[str, Any], batch: Mapping[str, Any], cfg) -> tuple[jax.Array, Metrics]:
     """Objective "mae": each modality's reconstruction loss in outputs["masked"], summed.
 
@@ -298,6 +207,7 @@ def mae_objective(outputs: Mapping[str, Any], batch: Mapping[str, Any], cfg) -> 
     return _sum_over_modalities(outputs, cfg, loss_fn, "recon_loss")
 
 
+@OBJECTIVES.register("simmim")
 def simmim_objective(outputs: Mapping[str, Any], batch: Mapping[str, Any], cfg) -> tuple[jax.Array, Metrics]:
     """Objective "simmim": `simmim_loss` (L1 on masked pixels) per modality, summed.
 
@@ -311,13 +221,14 @@ def simmim_objective(outputs: Mapping[str, Any], batch: Mapping[str, Any], cfg) 
     return _sum_over_modalities(outputs, cfg, loss_fn, f"recon_{kind}")
 
 
+@OBJECTIVES.register("masked_feature")
 def masked_feature_objective(outputs: Mapping[str, Any], batch: Mapping[str, Any], cfg) -> tuple[jax.Array, Metrics]:
     """Objective "masked_feature": regress teacher features at masked tokens (data2vec, EVA).
 
     outputs["masked"][m] = {"pred": [B, N, D], "target": the teacher's
     features [B, N, D] (filled in by mmjax.teacher), "mask": bool [B, N]}.
     cfg: loss ("l2" | "smooth_l1" | "cosine"), beta, weights; the targets
-    arrive normalised (`average_layer_targets`), so none is applied here.
+    arrive normalised (mmjax.teacher.average_layer_targets), so none is applied here.
     """
     del batch
     loss_fn = lambda out: feature_regression_loss(out["pred"], out["target"], out["mask"],
@@ -341,5 +252,3 @@ def _sum_over_modalities(outputs, cfg, loss_fn, name: str) -> tuple[jax.Array, M
         metrics[f"{m}/kept"] = jnp.mean(kept.astype(jnp.float32))
     return total, metrics
 
-
-OBJECTIVES = {"mae": mae_objective, "simmim": simmim_objective, "masked_feature": masked_feature_objective}

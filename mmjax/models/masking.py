@@ -12,6 +12,7 @@ encoder's input [B, K, D] has a static shape and everything runs under
   band_mask          whole time steps / frequency bins get low scores (AudioMAE)
   dirichlet_budgets  per-modality quotas from a Dirichlet sample (MultiMAE),
                      apportioned by `share_mask`
+  sample_mask        random / block / cell by name, as a config gives it
 
 Token order is the towers' order: raster (row-major) for image patches,
 time-major (t * F + f) for spectrogram patches, FPS order for point groups.
@@ -179,6 +180,22 @@ def band_mask(
     # Uniform scores in [0, 1) for candidates, [-2, -1) inside a band.
     scores = u_tok.reshape(batch, t, f) - 2.0 * banded
     return mask_from_scores(scores.reshape(batch, t * f), num_keep)
+
+
+MASKINGS = ("random", "block", "cell")
+
+
+def sample_mask(rng: jax.Array, kind: str, batch: int, grid: tuple[int, int], num_keep: int,
+                cell: tuple[int, int] = (1, 1)) -> MaskInfo:
+    """A mask over a (H, W) token grid by name: "random" (MAE), "block" (BEiT
+    blocks) or "cell" (SimMIM's aligned cells of `cell` tokens)."""
+    if kind == "random":
+        return random_mask(rng, batch, grid[0] * grid[1], num_keep)
+    if kind == "block":
+        return block_mask(rng, batch, grid, num_keep)
+    if kind == "cell":
+        return cell_mask(rng, batch, grid, num_keep, tuple(cell))
+    raise ValueError(f"unknown masking {kind!r}; valid: {list(MASKINGS)}")
 
 
 def dirichlet_budgets(

@@ -22,12 +22,13 @@ import re
 import numpy as np
 import tensorflow_datasets as tfds
 
-from mmjax.data import audio, builders, digits
+from mmjax.data import audio, builders
+from mmjax.data.datasets import mnist
+from mmjax.data.datasets.base import DATASETS, TfdsDataset
 
 NAME = "av_digits"
 SAMPLE_RATE = 8000
-MODALITIES = ("image", "audio", "points", "text")
-_RECORDINGS = os.path.join(os.path.dirname(__file__), "raw", "fsdd", "recordings")
+_RECORDINGS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "raw", "fsdd", "recordings")
 _FILE = re.compile(r"^(\d)_([a-z]+)_(\d+)\.wav$")
 _TEST_TAKES = range(5)
 _PAIR_SEED = 2
@@ -84,9 +85,9 @@ class AVDigits(builders.EmbeddedBuilder):
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
             features=tfds.features.FeaturesDict({
-                "image": tfds.features.Tensor(shape=digits.IMAGE_SHAPE, dtype=np.uint8),
+                "image": tfds.features.Tensor(shape=mnist.IMAGE_SHAPE, dtype=np.uint8),
                 "audio": tfds.features.Tensor(shape=(None,), dtype=np.int16),
-                "label": tfds.features.ClassLabel(names=digits.CLASS_NAMES),
+                "label": tfds.features.ClassLabel(names=mnist.CLASS_NAMES),
                 "caption": tfds.features.Text(),
                 "index": tfds.features.Scalar(dtype=np.int64),  # MNIST index
                 "audio_id": tfds.features.Text(),  # FSDD file stem
@@ -97,11 +98,11 @@ class AVDigits(builders.EmbeddedBuilder):
 
     def _split_generators(self, dl_manager):
         del dl_manager  # everything is embedded
-        images, labels = digits.load_raw()
-        texts = digits.captions(labels)
+        images, labels = mnist.load_raw()
+        texts = mnist.captions(labels)
         clips = load_fsdd()
         return {split: self._generate_examples(images, labels, texts, indices, clips[split])
-                for split, indices in digits.split_indices(len(labels)).items()}
+                for split, indices in mnist.split_indices(len(labels)).items()}
 
     def _generate_examples(self, images, labels, texts, indices, clips):
         paired = pair_clips(labels[indices], clips, _PAIR_SEED)
@@ -113,6 +114,19 @@ class AVDigits(builders.EmbeddedBuilder):
                       "caption": texts[i], "index": i, "audio_id": clip_id}
 
 
-def ensure_prepared(data_dir: str | None = None) -> str:
-    """Builds `av_digits` under data_dir (once, under a lock); returns data_dir."""
-    return builders.ensure_prepared(AVDigits, data_dir)
+@DATASETS.register(NAME)
+class AVDigitsDataset(TfdsDataset):
+    """Image, spoken digit, caption and (from the image's strokes) point cloud of one digit."""
+
+    name = NAME
+
+    fields = {"image": "image", "audio": "audio", "points": "image", "text": "caption"}
+    builder_cls = AVDigits
+    prompt_templates = mnist.ZEROSHOT_PROMPTS
+
+    @property
+    def class_names(self):
+        return mnist.CLASS_NAMES
+
+    def zeroshot_prompts(self):
+        return mnist.zeroshot_prompts()

@@ -1,13 +1,10 @@
-"""`digits_captions`: the embedded MNIST test split as an image-caption dataset.
+"""The embedded MNIST test split (raw/mnist, IDX gzip) and its captions: the source that the
+`digits_captions` and `av_digits` datasets are built from.
 
-The 10,000 official MNIST test digits ship with the package (raw/mnist, IDX
-gzip), so a contrastive image-text run needs no network. A fixed permutation
-(seed 0) sends 8,000 to "train" and 2,000 to "test"; each image gets one
-caption from `CAPTION_TEMPLATES`, chosen by a fixed seed, so the text side has
-to learn that "seven", "7" and "a handwritten seven" name the same class.
-
-The builder writes ArrayRecord, which `tfds.data_source` reads without
-TensorFlow. `ensure_prepared` builds it once per data_dir, under a file lock.
+The 10,000 official MNIST test digits ship with the package, so a run needs no network. A
+fixed permutation (seed 0) sends 8,000 to "train" and 2,000 to "test"; each image gets one
+caption from `CAPTION_TEMPLATES`, chosen by a fixed seed, so the text side has to learn that
+"seven", "7" and "a handwritten seven" name the same class.
 """
 
 from __future__ import annotations
@@ -16,11 +13,7 @@ import gzip
 import os
 
 import numpy as np
-import tensorflow_datasets as tfds
 
-from mmjax.data import builders
-
-NAME = "digits_captions"
 IMAGE_SHAPE = (28, 28, 1)
 CLASS_NAMES = ("zero", "one", "two", "three", "four",
                "five", "six", "seven", "eight", "nine")
@@ -53,7 +46,7 @@ ZEROSHOT_PROMPTS = (
     "the handwritten digit {digit}",
 )
 
-_RAW_DIR = os.path.join(os.path.dirname(__file__), "raw", "mnist")
+_RAW_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "raw", "mnist")
 _IMAGES_FILE = "t10k-images-idx3-ubyte.gz"
 _LABELS_FILE = "t10k-labels-idx1-ubyte.gz"
 # IDX magic: two zero bytes, dtype code 0x08 (uint8), number of dimensions.
@@ -103,45 +96,6 @@ def captions(labels: np.ndarray) -> list[str]:
     return [format_caption(CAPTION_TEMPLATES[c], int(y)) for c, y in zip(choice, labels)]
 
 
-class DigitsCaptions(builders.EmbeddedBuilder):
-    """MNIST test digits with generated captions, 8,000 train / 2,000 test."""
-
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        return self.dataset_info_from_configs(
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Tensor(shape=IMAGE_SHAPE, dtype=np.uint8),
-                "label": tfds.features.ClassLabel(names=CLASS_NAMES),
-                "caption": tfds.features.Text(),
-                "index": tfds.features.Scalar(dtype=np.int64),
-            }),
-            supervised_keys=("image", "label"),
-            homepage="http://yann.lecun.com/exdb/mnist/",
-            license="CC BY-SA 3.0",
-        )
-
-    def _split_generators(self, dl_manager):
-        del dl_manager  # Everything is embedded; nothing to download.
-        images, labels = load_raw()
-        texts = captions(labels)
-        return {
-            split: self._generate_examples(images, labels, texts, indices)
-            for split, indices in split_indices(len(labels)).items()
-        }
-
-    def _generate_examples(self, images, labels, texts, indices):
-        for i in indices:
-            i = int(i)
-            yield i, {
-                "image": images[i][..., None],
-                "label": int(labels[i]),
-                "caption": texts[i],
-                "index": i,
-            }
-
-
-def ensure_prepared(data_dir: str | None = None) -> str:
-    """Builds `digits_captions` under data_dir (once, under a lock); returns data_dir."""
-    return builders.ensure_prepared(DigitsCaptions, data_dir)
+def zeroshot_prompts() -> list[list[str]]:
+    """[10][T] prompts: every ZEROSHOT_PROMPTS template filled in for each digit."""
+    return [[format_caption(t, label) for t in ZEROSHOT_PROMPTS] for label in range(len(CLASS_NAMES))]
