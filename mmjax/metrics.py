@@ -59,15 +59,22 @@ def read_metrics(workdir: str) -> list[dict]:
 
 
 class Throughput:
-    """Steps/s, examples/s and ETA over training time only (evals and waits excluded)."""
+    """Steps/s, examples/s and ETA over training time only (evals and waits excluded), and how much
+    of each step the trainer spent waiting for its input batch (`data_wait`): a ratio near 1 says
+    the input pipeline, not the accelerator, sets the pace (raise data.num_workers)."""
 
     def __init__(self, batch_size: int, total_steps: int):
         self.batch_size, self.total_steps = batch_size, total_steps
         self._t, self._step = None, None
         self.train_seconds, self.train_steps = 0.0, 0
+        self._wait = 0.0  # seconds spent in next(data iterator) since the last report
+
+    def data_wait(self, seconds: float) -> None:
+        """Adds the time one `next(iterator)` blocked the training loop."""
+        self._wait += seconds
 
     def start(self, step: int) -> None:
-        self._t, self._step = time.perf_counter(), step
+        self._t, self._step, self._wait = time.perf_counter(), step, 0.0
 
     def _accumulate(self, step: int) -> tuple[float, int]:
         now = time.perf_counter()
@@ -81,6 +88,11 @@ class Throughput:
         dt, ds = self._accumulate(step)
         sps = ds / dt if dt > 0 else 0.0
         out = {"steps_per_sec": sps, "examples_per_sec": sps * self.batch_size}
+        if ds:
+            # Wall time per step beside the part of it spent waiting for data.
+            out |= {"step_ms": 1e3 * dt / ds, "data_wait_ms": 1e3 * self._wait / ds,
+                    "data_wait_frac": self._wait / dt if dt > 0 else 0.0}
+        self._wait = 0.0
         if sps:  # nothing to extrapolate from right after a (re)start
             out["eta_min"] = (self.total_steps - step) / sps / 60
         return out

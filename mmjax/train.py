@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import jax
 import numpy as np
@@ -100,7 +101,9 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
     meter.start(step)
     while step < config.total_steps:
         try:
+            waited = time.perf_counter()
             batch = next(train_iter)
+            meter.data_wait(time.perf_counter() - waited)
         except Exception:
             # The state is intact (the step never ran): keep it before failing.
             ckpt.save(step, state, train_iter, force=True)

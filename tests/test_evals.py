@@ -434,8 +434,8 @@ def test_runner_on_a_data_parallel_mesh_matches_one_device():
 
 def test_from_config_reads_the_train_split_and_the_prompts_only_when_asked(monkeypatch):
     reads = []
-    monkeypatch.setattr(runner_lib.pipeline, "make_eval_batches",
-                        lambda data_cfg, *, split, batch_size, tokenizer: reads.append(split) or
+    monkeypatch.setattr(runner_lib.pipeline, "EvalBatches",
+                        lambda data_cfg, *, split, batch_size, tokenizer, shard_index, shard_count: reads.append(split) or
                         _split(37 if split == "test" else 70, batch_size, len(reads)))
     class CountingDataset(FakeDataset):
         def zeroshot_prompts(self):

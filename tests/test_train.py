@@ -82,11 +82,13 @@ def _final_params(workdir):
 
 
 def test_exact_resume_after_sigkill(tmp_path):
-    """Straight 12 steps == 8 steps, SIGKILL mid-save, restart: losses and params bitwise equal."""
+    """Straight 12 steps == 8 steps, SIGKILL mid-save, restart: losses and params bitwise equal.
+    The killed and resumed runs read their data with two worker processes, the straight one in
+    its own process: the stream and its checkpointed position do not depend on the workers."""
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     p_straight = _run_cli(os.path.relpath(straight, ROOT))  # relative, as the README's `--workdir workdirs/...`
     # Killed right after step 9 while its save is in flight; step 8's checkpoint is committed.
-    p_killed = _run_cli(killed, "--config.debug.sigkill_after_step=9")
+    p_killed = _run_cli(killed, "--config.debug.sigkill_after_step=9", "--config.data.num_workers=2")
     out_straight, _ = p_straight.communicate(timeout=300)
     out_killed, _ = p_killed.communicate(timeout=300)
     assert p_straight.returncode == 0, out_straight
@@ -98,7 +100,7 @@ def test_exact_resume_after_sigkill(tmp_path):
     (partial / "state").mkdir(parents=True)
     (partial / "state" / "garbage").write_bytes(b"\x00" * 16)
 
-    p_resumed = _run_cli(killed)
+    p_resumed = _run_cli(killed, "--config.data.num_workers=2")
     out_resumed, _ = p_resumed.communicate(timeout=300)
     assert p_resumed.returncode == 0, out_resumed
     resumed_from = int(out_resumed.split("resumed from step ")[1].split()[0])

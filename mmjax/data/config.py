@@ -31,7 +31,14 @@ def data_config(name: str = "digits_captions", modalities=("image", "text"), **f
         # Threads building whole batches ahead of the trainer. Decoding is mostly GIL-bound
         # Python, so more threads overlap with device steps but barely add throughput.
         "num_threads": 2,
-        "prefetch_buffer_size": 4,  # Batches (not examples) held ready.
+        "prefetch_buffer_size": 4,  # Batches (not examples) held ready (per worker process with num_workers).
+        # Worker processes decoding and augmenting batches (Grain's multiprocessing prefetch);
+        # 0 = in the trainer's process (the embedded data needs no more), -1 = one per CPU core but
+        # one. The stream and its checkpointed position do not depend on it.
+        "num_workers": 0,
+        # Evaluation splits of at most this many examples are decoded once and kept in memory;
+        # larger ones are streamed from storage at every evaluation.
+        "eval_cache_examples": 20_000,
     })
     for m, modality in MODALITIES.items():
         c[m] = modality.default_config()

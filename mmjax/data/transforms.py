@@ -77,7 +77,7 @@ class ValidateRecord(grain.transforms.MapWithIndex):
     """
 
     def __init__(self, where: str, modalities: dict[str, Any], fields: dict[str, str], *, num_classes: int,
-                 label_field: str = "label"):
+                 label_field: str | None = "label"):
         self.where = where
         self.modalities, self.fields = dict(modalities), dict(fields)
         self.num_classes, self.label_field = num_classes, label_field
@@ -94,6 +94,8 @@ class ValidateRecord(grain.transforms.MapWithIndex):
                 out[field] = modality.validate(out[field])
             except BadInput as e:
                 fail(field_name(field, m), str(e))
+        if self.label_field is None:  # an unlabelled corpus (image-text pairs): no class
+            return {**out, "label": -1, "_index": index}
         self._require(record, self.label_field, fail)
         label = record[self.label_field]
         if not isinstance(label, (int, np.integer)) or isinstance(label, bool):
@@ -145,25 +147,45 @@ CROP_RATIO = (3 / 4, 4 / 3)
 
 def random_resized_crop(image: np.ndarray, rng: np.random.Generator, scale: tuple[float, float],
                         ratio: tuple[float, float] = CROP_RATIO, attempts: int = 10) -> np.ndarray:
-    """image [H, W, C]: a crop resized back to [H, W] (Inception / torchvision RandomResizedCrop).
+    """image [H, W, C]: a crop resized back to [H, W] (Inception / torchvision RandomResizedCrop),
+    the crop drawn by `random_resized_crop_box`; bilinear (`resize_bilinear`)."""
+    h, w = image.shape[:2]
+    x0, y0, x1, y1 = random_resized_crop_box(h, w, rng, scale, ratio, attempts)
+    if (x0, y0, x1, y1) == (0, 0, w, h):
+        return image
+    return resize_bilinear(image[y0:y1, x0:x1], h, w)
+
+
+def random_resized_crop_box(h: int, w: int, rng: np.random.Generator, scale: tuple[float, float],
+                            ratio: tuple[float, float] = CROP_RATIO, attempts: int = 10) -> tuple[int, int, int, int]:
+    """The crop of torchvision's RandomResizedCrop on an h x w image, as a Pillow box
+    (left, top, right, bottom) in pixels.
 
     The crop covers a fraction s ~ U(scale) of the area with aspect ratio w / h
     log-uniform in `ratio`, at a uniform position; a draw that does not fit is
-    retried, and after `attempts` the whole image is kept (torchvision's centre
-    crop clamped to `ratio`, which for a square image is the whole image).
+    retried, and after `attempts` the centre crop of the whole image clamped to
+    `ratio` is taken (torchvision's fallback: the whole image when its aspect
+    ratio is inside `ratio`, e.g. a square image). The one copy of this sampling:
+    `random_resized_crop` (arrays) and the image modality's decoded images
+    (mmjax.data.decode) both use it, so a generator gives the same box to both.
     """
     lo, hi = scale
     if not 0.0 < lo <= hi <= 1.0:
         raise ValueError(f"crop scale must satisfy 0 < min <= max <= 1, got {scale}")
-    h, w = image.shape[:2]
     for _ in range(attempts):
         area = h * w * rng.uniform(lo, hi)
         aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1])))
         cw, ch = int(round(np.sqrt(area * aspect))), int(round(np.sqrt(area / aspect)))
         if 0 < cw <= w and 0 < ch <= h:
-            y0, x0 = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-            return resize_bilinear(image[y0:y0 + ch, x0:x0 + cw], h, w)
-    return image
+            y0, x0 = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+            return x0, y0, x0 + cw, y0 + ch
+    cw, ch = w, h
+    if w / h < min(ratio):
+        ch = int(round(w / min(ratio)))
+    elif w / h > max(ratio):
+        cw = int(round(h * max(ratio)))
+    y0, x0 = (h - ch) // 2, (w - cw) // 2
+    return x0, y0, x0 + cw, y0 + ch
 
 
 def resize_bilinear(image: np.ndarray, out_h: int, out_w: int) -> np.ndarray:

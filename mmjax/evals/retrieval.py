@@ -191,5 +191,6 @@ class Retrieval(Evaluator):
         for a, b in self._pairs:
             za, zb = features.embeddings[a, EVAL], features.embeddings[b, EVAL]
             out |= {f"{k}_{a}_{b}": v for k, v in retrieval_recall(za, zb, ks=self.ks).items()}
-            out |= {f"class_{k}_{a}_{b}": v for k, v in class_recall(za, zb, labels, labels, ks=self.ks).items()}
+            if (labels >= 0).all():  # unlabelled corpora (label -1) have instance recall only
+                out |= {f"class_{k}_{a}_{b}": v for k, v in class_recall(za, zb, labels, labels, ks=self.ks).items()}
         return out

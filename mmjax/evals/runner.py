@@ -10,9 +10,10 @@ evaluator, and returns their metrics, `config.eval.aliases` (short names for the
 first. Model-kind agnostic: any model with `modalities` and `embed` (token-wise zero-shot also
 needs `embed_with_tokens` and `project_tokens`).
 
-Parallel: every process holds all rows of each eval batch, feeds its own slice
-(`_local_rows`) as a global array sharded on the data axes (`parallel.host_to_global`), and gets
-the outputs back replicated, so every process computes the same metrics.
+Parallel: the eval splits are streamed and sharded across processes (mmjax.data.pipeline.EvalBatches):
+each process reads and decodes only its rows of every batch, feeds them as a global array sharded
+on the data axes (`parallel.host_to_global`) and gets the embeddings back replicated; labels and
+masks are gathered the same way, so every process computes the same metrics.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from typing import Mapping, Sequence
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mmjax import parallel
@@ -54,12 +56,13 @@ class EvalRunner:
     def __init__(self, evaluators: Mapping[str, Evaluator], model, tokenizer, mesh, batches: Sequence[dict], *,
                  train_batches: Sequence[dict] = (), dataset=None, aliases: Mapping[str, str] | None = None):
         """evaluators: {config.evals name: evaluator}; batches / train_batches: padded batches of the
-        eval / train split (mmjax.data.pipeline.make_eval_batches); dataset: anything with
+        eval / train split, this process's rows of each (mmjax.data.pipeline.EvalBatches); dataset: anything with
         `zeroshot_prompts()` -> [C][T] strings, needed by the zero-shot kinds; aliases: {short
         name: metric}."""
         self.evaluators, self.model, self.tokenizer, self.mesh = dict(evaluators), model, tokenizer, mesh
-        self.batches = list(batches)
-        self.split_batches = {EVAL: self.batches, TRAIN: list(train_batches)}
+        # Iterables of batches, read once per evaluation (EvalBatches streams large splits).
+        self.batches = batches
+        self.split_batches = {EVAL: batches, TRAIN: train_batches}
         self.dataset, self.aliases = dataset, dict(aliases or {})
         for name, evaluator in self.evaluators.items():
             self._check(f"config.evals.{name}", evaluator.needs())
@@ -86,8 +89,9 @@ class EvalRunner:
         for name, evaluator in evaluators.items():  # before any data is read
             check_model(f"config.evals.{name}", evaluator.needs(), model)
         needs = union([e.needs() for e in evaluators.values()])
-        batches = functools.partial(pipeline.make_eval_batches, config.data, batch_size=config.eval.batch_size,
-                                    tokenizer=tokenizer)
+        batches = functools.partial(pipeline.EvalBatches, config.data, batch_size=config.eval.batch_size,
+                                    tokenizer=tokenizer, shard_index=jax.process_index(),
+                                    shard_count=jax.process_count())
         train_batches = batches(split=config.data.train_split) if TRAIN in needs.splits else ()
         # The dataset's prompts are read only when some evaluator (or an `extract` call) scores against them.
         return cls(evaluators, model, tokenizer, mesh, batches(split=config.data.eval_split),
@@ -105,6 +109,9 @@ class EvalRunner:
     def _prompts(self) -> tuple[dict, int, int]:
         """({"text": token ids [C * T (padded), L]}, C, T) of the dataset's class prompts, class-major."""
         prompts = [list(p) for p in self.dataset.zeroshot_prompts()]
+        if not prompts:
+            raise ValueError(f"the zero-shot evaluators need class names: dataset {self.dataset.name} has none "
+                             f"(an unlabelled corpus); list retrieval instead, or give the classes")
         if not prompts or not prompts[0] or any(len(p) != len(prompts[0]) for p in prompts):
             raise ValueError(f"dataset zeroshot_prompts() must be [C][T] strings with the same T per class, got "
                              f"{[len(p) for p in prompts]} templates per class")
@@ -113,57 +120,70 @@ class EvalRunner:
         batch = {"text": np.concatenate([ids, np.repeat(ids[-1:], -len(ids) % self.dp, axis=0)])}
         return batch, len(prompts), len(prompts[0])
 
-    def _local_rows(self, x):
-        rows = x.shape[0] // jax.process_count()
-        return x[jax.process_index() * rows:(jax.process_index() + 1) * rows]
-
-    def _per_batch(self, fn, params, batches, modality) -> list:
-        """fn(params, x, mask, modality) on each of `batches`, as NumPy (every process gets all rows)."""
-        out = []
-        for b in batches:
-            x = {"x": self._local_rows(b[modality])}
-            if mask_key(modality) in b:
-                x["mask"] = self._local_rows(b[mask_key(modality)])
-            x = parallel.host_to_global(x, self.mesh)
-            out.append(jax.tree.map(np.asarray, fn(params, x["x"], x.get("mask"), modality)))
-        return out
+    def _feed(self, batch: dict, modality: str) -> tuple:
+        """(x, mask) of `modality` in this process's rows of `batch`, as global arrays on the mesh."""
+        x = {"x": batch[modality]}
+        if mask_key(modality) in batch:
+            x["mask"] = batch[mask_key(modality)]
+        x = parallel.host_to_global(x, self.mesh)
+        return x["x"], x.get("mask")
 
     def _embed_prompts(self, params, tokens: bool) -> tuple[np.ndarray, ...]:
         """The class prompts' text embeddings [C * T, E] and, with `tokens`, their tokens and token
         validity, from one pass of the text tower."""
         batch, c, t = self._prompts
+        x, mask = self._feed(self._local_prompt_rows(batch), "text")
         if not tokens:
-            return (np.concatenate(self._per_batch(self._embed, params, [batch], "text"))[:c * t],)
-        ((z, text_tokens, valid),) = self._per_batch(self._embed_with_tokens, params, [batch], "text")
+            return (np.asarray(self._embed(params, x, mask, "text"))[:c * t],)
+        z, text_tokens, valid = jax.tree.map(np.asarray, self._embed_with_tokens(params, x, mask, "text"))
         return z[:c * t], text_tokens[:c * t], valid[:c * t]
 
-    def _embed_and_score_tokens(self, params, modality, prompt_tokens, prompt_valid):
-        """([rows, E] eval embeddings of `modality`, [rows, C * T] late-interaction scores of its
-        tokens against each prompt's), from one tower pass, batch by batch: the split's tokens are
-        never held at once (padding tokens on either side left out)."""
-        z, sims = [], []
-        for emb, tokens, valid in self._per_batch(self._embed_with_tokens, params, self.batches, modality):
-            z.append(emb)
-            sims.append(np.asarray(self._late_interaction(tokens, valid, prompt_tokens, prompt_valid)))
-        return np.concatenate(z), np.concatenate(sims)
+    def _local_prompt_rows(self, batch: dict) -> dict:
+        rows = len(batch["text"]) // jax.process_count()
+        return {"text": batch["text"][jax.process_index() * rows:(jax.process_index() + 1) * rows]}
+
+    def _split_pass(self, params, split: str, modalities: Sequence[str], token_modalities: Sequence[str],
+                    prompts) -> tuple[dict, dict, np.ndarray, np.ndarray]:
+        """One pass over `split` (each batch read once, every needed tower run on it) ->
+        ({m: embeddings [rows, E]}, {m: [rows, C * T] late-interaction scores against the prompts'
+        tokens}, labels [rows], mask [rows]), over every process's rows, padding included. The
+        split's tokens are never held at once (padding tokens on either side left out)."""
+        z = {m: [] for m in modalities}
+        sims = {m: [] for m in token_modalities}
+        labels, masks = [], []
+        for batch in self.split_batches[split]:
+            labels.append(batch[LABEL])
+            masks.append(batch[EVAL_MASK])
+            for m in modalities:
+                x, mask = self._feed(batch, m)
+                if m in sims:  # embeddings and token scores from one tower pass
+                    emb, tokens, valid = self._embed_with_tokens(params, x, mask, m)
+                    sims[m].append(np.asarray(self._late_interaction(tokens, valid, *prompts[1:])))
+                else:
+                    emb = self._embed(params, x, mask, m)
+                z[m].append(np.asarray(emb))
+        # Every process holds its own rows of each batch; the embeddings came back with all rows, in
+        # process order per batch: gather labels and masks the same way.
+        labels, masks = (_gather_rows(np.stack(v)) if v else np.zeros((0,), np.int32) for v in (labels, masks))
+        cat = {m: np.concatenate(v) for m, v in z.items()}, {m: np.concatenate(v) for m, v in sims.items()}
+        return *cat, labels, masks.astype(bool)
 
     def extract(self, params, needs: Needs | None = None) -> Features:
-        """The features of `needs` (default: every evaluator's): one tower pass per (modality, split),
-        one text pass over the class prompts, padding rows dropped."""
+        """The features of `needs` (default: every evaluator's): one pass per split running every
+        needed tower, one text pass over the class prompts, padding rows dropped."""
         needs = self.needs if needs is None else needs
         if needs is not self.needs:
             self._check("EvalRunner.extract", needs)
-        masks = {s: np.concatenate([b[EVAL_MASK] for b in self.split_batches[s]]) for s in needs.splits}
-        labels = {s: np.concatenate([b[LABEL] for b in self.split_batches[s]])[masks[s]] for s in needs.splits}
         prompts = self._embed_prompts(params, tokens=bool(needs.token_similarities)) if needs.prompts else None
-        embeddings, sims = {}, {}
-        for m, split in dict.fromkeys(needs.embeddings + tuple((m, EVAL) for m in needs.token_similarities)):
-            if split == EVAL and m in needs.token_similarities:  # embeddings and token scores, one pass
-                z, s = self._embed_and_score_tokens(params, m, *prompts[1:])
-                sims[m] = s[masks[EVAL]]
-            else:
-                z = np.concatenate(self._per_batch(self._embed, params, self.split_batches[split], m))
-            embeddings[m, split] = z[masks[split]]
+        embeddings, sims, labels = {}, {}, {}
+        for split in sorted(needs.splits):
+            wanted = [m for m, s in needs.embeddings if s == split]
+            tokenwise = list(needs.token_similarities) if split == EVAL else []
+            z, s, split_labels, mask = self._split_pass(params, split, list(dict.fromkeys(wanted + tokenwise)),
+                                                        tokenwise, prompts)
+            labels[split] = split_labels[mask]
+            embeddings |= {(m, split): v[mask] for m, v in z.items()}
+            sims |= {m: v[mask] for m, v in s.items()}
         class_embeddings, num_classes = None, None
         if prompts is not None:
             _, num_classes, templates = self._prompts
@@ -185,3 +205,12 @@ class EvalRunner:
             raise ValueError(f"config.eval.aliases {unknown} name unknown metrics; valid: {sorted(results)}")
         # Short names first: they lead the `final:` line.
         return {alias: results[name] for alias, name in self.aliases.items()} | results
+
+
+def _gather_rows(local: np.ndarray) -> np.ndarray:
+    """[batches, rows] of this process -> [batches * processes * rows]: batch-major, then process
+    order, as the embeddings of a global batch come back."""
+    if jax.process_count() == 1:
+        return local.reshape(-1)
+    every = multihost_utils.process_allgather(local)  # [processes, batches, rows]
+    return np.asarray(every).transpose(1, 0, 2).reshape(-1)

@@ -6,6 +6,6 @@ zero-shot prompts) and opens its splits; see `base.py`. Generic code reaches one
 `@DATASETS.register("my_data") class MyData(Dataset): ...`. The built-in ones register here.
 """
 from mmjax.data.datasets.base import DATASETS, Dataset, TfdsDataset, get_dataset
-from mmjax.data.datasets import avdigits, digits, fake  # noqa: F401  (registers the built-ins)
+from mmjax.data.datasets import avdigits, digits, fake, tfds_dataset  # noqa: F401  (registers the built-ins)
 
 __all__ = ["DATASETS", "Dataset", "TfdsDataset", "get_dataset"]

@@ -1,11 +1,15 @@
-"""Audio: int16 / float PCM waveforms -> standardised log-mel [num_frames, n_mels] + valid-frame
-mask, gain and SpecAugment augmentation, the spectrogram transformer by default."""
+"""Audio: int16 / float PCM waveforms, or encoded bytes (WAV / FLAC / OGG: real corpora, decoded
+in the pipeline's workers, downmixed and resampled to logmel.sample_rate by mmjax.data.decode)
+-> standardised log-mel [num_frames, n_mels] + valid-frame mask, gain and SpecAugment
+augmentation, the spectrogram transformer by default."""
 from __future__ import annotations
 
 import numpy as np
 
 from mmjax.data import audio as audio_lib
+from mmjax.data import decode
 from mmjax.data.modalities.base import MODALITIES, Modality
+from mmjax.data.transforms import BadInput
 
 
 @MODALITIES.register("audio")
@@ -40,9 +44,19 @@ class Audio(Modality):
         # instead of log values around -10.
         return (spec - self.cfg.norm_mean) / self.cfg.norm_std
 
+    def validate(self, value):
+        if (data := decode.to_bytes(value)) is not None:  # decoded in __call__, in the workers
+            if not data:
+                raise BadInput("is empty (0 bytes), expected encoded audio")
+            return data
+        return value  # a waveform: checked where it is used (__call__)
+
     def __call__(self, value, rng, flags):
         c = self.cfg
-        wave = audio_lib.pcm_to_float32(audio_lib.validate_waveform(value, "waveform"))
+        if (data := decode.to_bytes(value)) is not None:
+            wave = audio_lib.validate_waveform(decode.decode_audio(data, self.logmel.sample_rate), "decoded audio")
+        else:
+            wave = audio_lib.pcm_to_float32(audio_lib.validate_waveform(value, "waveform"))
         if self.augmenting and c.gain_db:
             wave = audio_lib.random_gain(wave, rng, c.gain_db)
         spec = audio_lib.log_mel_spectrogram(wave, self.logmel)

@@ -1,4 +1,5 @@
-"""Point clouds: float [N, 3] clouds (resampled to num_points) or uint8 rasters [H, W(, 1)] whose
+"""Point clouds: float [N, 3] clouds, or [N, >3] with per-point features after xyz (normals,
+colour, intensity: only xyz is kept), resampled to num_points, or uint8 rasters [H, W(, 1)] whose
 strokes are extruded to 3-D (the digits), normalised to the unit sphere; rotation, anisotropic
 scale, jitter and point-dropout augmentation; the point transformer by default."""
 from __future__ import annotations
@@ -31,16 +32,18 @@ class Points(Modality):
     def validate(self, value):
         if not isinstance(value, np.ndarray):
             raise BadInput(f"has type {type(value).__name__}, expected an array")
-        if not (_is_raster(value) or (value.ndim == 2 and value.shape[1] == 3)):
+        if _is_raster(value):
+            return value
+        if not (value.ndim == 2 and value.shape[1] >= 3):
             raise BadInput(f"has shape {value.shape} and dtype {value.dtype}: expected a cloud [N, 3] "
-                           f"or a uint8 raster [H, W(, 1)]")
-        return value
+                           f"(or [N, >3], xyz first) or a uint8 raster [H, W(, 1)]")
+        return value[:, :3]  # xyz (extra per-point features are not used)
 
     def _sample(self, value, rng):
         c = self.cfg
         if _is_raster(value):  # strokes of a drawing, extruded (blank raster: PointCloudError)
             return points_lib.digit_to_points(value, c.num_points, rng, c.thickness)
-        cloud = points_lib.validate_points(value)
+        cloud = points_lib.validate_points(value[:, :3] if value.ndim == 2 else value)
         rows = rng.choice(len(cloud), size=c.num_points, replace=len(cloud) < c.num_points)
         return points_lib.normalize_unit_sphere(cloud[rows])
 

@@ -1,5 +1,9 @@
 """Captions: text records -> int32 [max_len] token ids (truncated keeping eot, and counted),
-EDA-style word deletion / swap augmentation, a causal text transformer by default."""
+EDA-style word deletion / swap augmentation, a causal text transformer by default.
+
+A record holds one caption (str or UTF-8 bytes) or several (a list / tuple / 1-d array of them,
+e.g. coco_captions' five per image): training picks one uniformly with the example's generator
+(drawing only when there are several), evaluation takes the first."""
 from __future__ import annotations
 
 import numpy as np
@@ -41,18 +45,28 @@ class Text(Modality):
         return {"text": ((self.tok.max_len,), np.int32)}
 
     def validate(self, value):
-        if isinstance(value, bytes):
-            try:
-                value = value.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise BadInput(f"is not valid UTF-8 ({e})") from None
-        if not isinstance(value, str):
-            raise BadInput(f"has type {type(value).__name__}, expected text")
-        if not value.strip():
-            raise BadInput("is empty")
-        return value
+        """One caption -> str; several -> a tuple of str (BadInput naming the first bad one)."""
+        if isinstance(value, np.ndarray) and value.ndim == 0:
+            value = value.item()
+        if isinstance(value, (list, tuple, np.ndarray)):
+            if isinstance(value, np.ndarray) and value.ndim != 1:
+                raise BadInput(f"is an array of shape {value.shape}, expected a caption or a 1-d array of captions")
+            if len(value) == 0:
+                raise BadInput("is an empty list of captions")
+            captions = []
+            for i, caption in enumerate(value):
+                try:
+                    captions.append(_caption(caption))
+                except BadInput as e:
+                    raise BadInput(f"caption {i} {e}") from None
+            return tuple(captions)
+        return _caption(value)
 
     def __call__(self, value, rng, flags):
+        if isinstance(value, (list, np.ndarray)):  # not through validate (e.g. called directly)
+            value = self.validate(value)
+        if isinstance(value, tuple):  # several captions (validated): one per example
+            value = value[int(rng.integers(len(value)))] if self.train and len(value) > 1 else value[0]
         if self.augmenting and (self.cfg.delete_prob or self.cfg.swap_prob):
             value = random_word_edit(value, rng, float(self.cfg.delete_prob), float(self.cfg.swap_prob))
         return self._encode(value, flags)
@@ -71,3 +85,17 @@ class Text(Modality):
         words = list(class_names) or ["word"]
         caption = " ".join(rng.choice(words, size=rng.integers(1, max(1, self.tok.max_len // 6) + 1)))
         return self._encode(caption, flags)
+
+
+def _caption(value) -> str:
+    """One caption as str; BadInput if it is not UTF-8 text or is blank."""
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise BadInput(f"is not valid UTF-8 ({e})") from None
+    if not isinstance(value, str):
+        raise BadInput(f"has type {type(value).__name__}, expected text")
+    if not value.strip():
+        raise BadInput("is empty")
+    return str(value)

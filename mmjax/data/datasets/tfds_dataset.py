@@ -1,0 +1,164 @@
+"""`tfds`: any prepared TFDS dataset, by name or by directory, with its schema given in config.
+
+Reads what researchers have on disk without writing a dataset class:
+  - a dataset the user prepared with TFDS, by name (`data.tfds.name="imagenet2012"`, optional
+    `version` and builder `config`) under `data.data_dir` (`tfds build imagenet2012
+    --file_format=array_record --data_dir=...`);
+  - a directory written by mmjax's converter (`python -m mmjax.ingest ...`, ArrayRecord shards +
+    TFDS metadata), or any other prepared TFDS folder: `data.tfds.dir=/path/<name>/<version>`.
+Both are opened with `tfds.data_source` (random access, no TensorFlow), so Grain shuffles,
+shards and resumes them exactly as the embedded datasets.
+
+The schema is config: `data.tfds.fields` {modality: stored feature} ("a/b" reaches a nested
+feature, e.g. coco_captions' {"text": "captions/text"}: several captions per image, of which
+training picks one per step and evaluation the first), `label_field` ("" for unlabelled corpora
+such as image-text pairs: labels are then -1 and no class-based evaluator applies), the class
+names (default: the label feature's ClassLabel names) and the zero-shot prompt templates. Image
+and audio features are handed to the modalities as their encoded bytes (TFDS's own decoding is
+skipped), so decoding, cropping and resampling happen in the pipeline's workers.
+"""
+from __future__ import annotations
+
+import os
+
+import tensorflow_datasets as tfds
+
+from mmjax.data import builders
+from mmjax.data.datasets.base import DATASETS, Dataset
+from mmjax.data.transforms import RecordSource
+
+NAME = "tfds"
+# Features the pipeline decodes itself (fast decoders, random-resized crop on the original size).
+_ENCODED = (tfds.features.Image, tfds.features.Audio)
+
+
+@DATASETS.register(NAME)
+class TfdsByName(Dataset):
+    name = NAME
+    options_key = NAME
+
+    @classmethod
+    def default_config(cls):
+        return {
+            "name": "",  # a TFDS dataset name (e.g. "imagenet2012", "coco_captions") under data.data_dir, or
+            "dir": "",  # a prepared dataset directory (<name>/<version>, e.g. mmjax.ingest's output)
+            "version": "",  # with `name`: "" = the newest prepared version
+            "config": "",  # with `name`: the builder config, e.g. "2014" for coco_captions
+            # {modality: stored feature}; a modality not listed reads the feature of its own name
+            # (text: "caption"). "a/b" reaches a nested feature.
+            "fields": {},
+            "label_field": "label",  # "" = unlabelled (labels -1)
+            "class_names": (),  # () = the label feature's class names
+            "prompt_templates": ("a photo of a {name}.",),  # zero-shot; CLIP's ImageNet default wording
+        }
+
+    @property
+    def opts(self):
+        return self.data_cfg[NAME]
+
+    @property
+    def fields(self) -> dict[str, str]:
+        given = dict(self.opts.fields)
+        return {m: given.get(m, "caption" if m == "text" else m) for m in self.data_cfg.modalities}
+
+    @property
+    def label_field(self) -> str | None:  # type: ignore[override]
+        return self.opts.label_field or None
+
+    @property
+    def prompt_templates(self) -> tuple[str, ...]:  # type: ignore[override]
+        return tuple(self.opts.prompt_templates)
+
+    @property
+    def where(self) -> str:
+        o = self.opts
+        return f"tfds dataset {o.dir or o.name}"
+
+    def builder(self):
+        """The TFDS builder (cached): by directory, or by name (registered builder code, else the
+        prepared files under data_dir)."""
+        if getattr(self, "_builder", None) is None:
+            o = self.opts
+            if bool(o.name) == bool(o.dir):
+                raise ValueError("data.tfds: set exactly one of name (a TFDS dataset under data.data_dir) and dir "
+                                 f"(a prepared dataset directory); got name={o.name!r}, dir={o.dir!r}")
+            if o.dir:
+                path = os.path.abspath(os.path.expanduser(o.dir))
+                if not os.path.isfile(os.path.join(path, "dataset_info.json")):
+                    raise ValueError(f"data.tfds.dir={o.dir!r} is not a prepared dataset directory (no "
+                                     f"dataset_info.json in {path}); write one with `python -m mmjax.ingest`")
+                builder = tfds.builder_from_directory(path)
+            else:
+                data_dir = builders.resolve_data_dir(self.data_cfg.data_dir or None)
+                spec = o.name + (f"/{o.config}" if o.config else "") + (f":{o.version}" if o.version else "")
+                try:
+                    builder = tfds.builder(spec, data_dir=data_dir)
+                except Exception as e:  # TFDS raises several kinds for an unknown or unprepared name
+                    raise ValueError(f"data.tfds.name={spec!r}: no such TFDS dataset under data.data_dir={data_dir} "
+                                     f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
+                if not builder.is_prepared():
+                    raise ValueError(f"data.tfds.name={spec!r} is not prepared under {data_dir}: run `tfds build "
+                                     f"{o.name} --file_format=array_record --data_dir={data_dir}` (or set data.data_dir)")
+            if builder.info.file_format != tfds.core.FileFormat.ARRAY_RECORD:
+                raise ValueError(f"{self.where} is stored as {builder.info.file_format.value}; Grain's random access "
+                                 f"(shuffling, exact resume) needs array_record: prepare it with `tfds build "
+                                 f"--file_format=array_record` or convert it with `python -m mmjax.ingest`")
+            self._builder = builder
+        return self._builder
+
+    def _feature(self, path: str):
+        feature = self.builder().info.features
+        for part in path.split("/"):
+            if isinstance(feature, tfds.features.Sequence):
+                feature = feature.feature
+            try:
+                feature = feature[part]
+            except (KeyError, TypeError):
+                raise ValueError(f"{self.where} has no feature {path!r}; top-level features: "
+                                 f"{sorted(self.builder().info.features.keys())} (set data.tfds.fields)") from None
+        return feature
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        if self.opts.class_names:
+            return tuple(self.opts.class_names)
+        if self.label_field is None:
+            return ()
+        feature = self._feature(self.label_field)
+        if not isinstance(feature, tfds.features.ClassLabel):
+            raise ValueError(f"{self.where}: label feature {self.label_field!r} is a {type(feature).__name__}, not "
+                             f"a ClassLabel: give data.tfds.class_names")
+        return tuple(feature.names)
+
+    def open_split(self, split: str):
+        builder = self.builder()
+        self._check_split(split, builder.info.splits)
+        fields = sorted(set(self.fields[m] for m in self.data_cfg.modalities) | {self.label_field} - {None})
+        features = {f: self._feature(f) for f in fields}  # fails naming an unknown field before any read
+        top = {f.split("/")[0] for f in fields}
+        decoders = {f: tfds.decode.SkipDecoding() for f in top if isinstance(features.get(f), _ENCODED)}
+        raw = builder.as_data_source(split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+        deserialize = _Deserialize(builder.info.features, decoders, tuple(fields))
+        return self.validated(RecordSource(raw, deserialize, self._where(split)), split)
+
+    def _where(self, split: str) -> str:
+        return f"{self.opts.dir or self.opts.name}/{split}"
+
+
+class _Deserialize:
+    """Serialised example -> {field: value} of only the fields the run reads ("a/b" paths resolved),
+    so workers never pickle features nobody uses. A class (not a closure) so Grain's worker
+    processes can pickle it."""
+
+    def __init__(self, features, decoders: dict, fields: tuple[str, ...]):
+        self.features, self.decoders, self.fields = features, decoders, fields
+
+    def __call__(self, data: bytes) -> dict:
+        example = self.features.deserialize_example_np(data, decoders=self.decoders)
+        out = {}
+        for path in self.fields:
+            value = example
+            for part in path.split("/"):
+                value = value[part]
+            out[path] = value
+        return out
