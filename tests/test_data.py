@@ -303,6 +303,27 @@ def test_eval_batches_cover_split_once(cfg, tok, builder, raw):
         pipeline.make_eval_batches(cfg, split="validation", batch_size=8, tokenizer=tok)
 
 
+def test_eval_batches_are_sharded_across_processes_and_streamed(cfg, tok):
+    """Process k of S holds rows [k*B/S, (k+1)*B/S) of every global batch, all processes the same
+    number of batches (the last ones all padding where the split ends early); streamed (no cache)
+    or cached, a pass gives the same batches."""
+    whole = pipeline.make_eval_batches(cfg, split="test", batch_size=600, tokenizer=tok)
+    shards = [pipeline.EvalBatches(cfg, split="test", batch_size=600, tokenizer=tok, shard_index=k, shard_count=3)
+              for k in range(3)]
+    assert [len(s) for s in shards] == [len(whole)] * 3 == [4] * 3
+    for b, batch in enumerate(whole):
+        parts = [list(s)[b] for s in shards]
+        for key in ("image", "text", "label", "mask"):
+            np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), batch[key], err_msg=key)
+    assert [int(list(s)[3]["mask"].sum()) for s in shards] == [200, 0, 0]  # 2,000 = 3 x 600 + 200
+    cfg.eval_cache_examples = 0
+    streamed = pipeline.EvalBatches(cfg, split="test", batch_size=600, tokenizer=tok, shard_index=1, shard_count=3)
+    for _ in range(2):  # read from storage on every pass
+        for a, b in zip(streamed, shards[1]):
+            assert_batches_equal(a, b)
+    assert streamed._cache is None and shards[1]._cache is not None
+
+
 def test_corrupt_record_names_example(cfg, tok, builder, tmp_path):
     # A copy of the dataset whose test file has record 5 overwritten by garbage.
     shutil.copytree(builder.data_path, tmp_path / digits.NAME / "1.0.0")

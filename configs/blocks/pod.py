@@ -1,8 +1,9 @@
 """The pod layout the paper-scale recipes (configs/pod/) share, and their `data`/`size` variants.
 
 Variants (`configs/pod/<name>.py:data=fake,size=tiny`):
-  data   real (default): the paper's dataset, by its TFDS name / ArrayRecord
-         directory | fake: the `fake` dataset at the same shapes, nothing to read
+  data   real (default): the paper's dataset, prepared as TFDS ArrayRecord under
+         data.data_dir ($MMJAX_DATA_DIR; `--config.data.tfds.dir=` for any other folder),
+         read by Grain worker processes | fake: the `fake` dataset at the same shapes
   size   full (default): the paper's model, batch and schedule | tiny: a
          width-32, 2-layer model, batch 16, 2 steps on a 2x2 (data x fsdp)
          mesh: the same code paths (scan, remat, bf16, FSDP, the data
@@ -69,11 +70,22 @@ def decoder(v: ml_collections.ConfigDict, full: dict) -> dict:
 
 
 def data(v: ml_collections.ConfigDict, name: str, modalities: tuple[str, ...], *,
-         image_shape=(224, 224, 3), **fields) -> ml_collections.ConfigDict:
-    """data_config of dataset `name` (data=fake: the `fake` dataset, same splits and shapes).
-    image_shape: data.image.shape, which fake images take too, whatever the modalities."""
+         image_shape=(224, 224, 3), label_field: str = "label", tfds_fields: dict | None = None,
+         **fields) -> ml_collections.ConfigDict:
+    """data_config of the prepared TFDS dataset `name` under data.data_dir (data=fake: the `fake`
+    dataset, same splits and shapes).
+
+    data=real reads `name` with the `tfds` dataset (mmjax.data.datasets.tfds_dataset): a TFDS
+    build (`tfds build imagenet2012 --file_format=array_record --data_dir=$DATA`) or mmjax's
+    converter's output (`python -m mmjax.ingest webdataset ... --out $DATA/laion400m/1.0.0`), with
+    one worker process per CPU core but one decoding (data.num_workers=-1). label_field: the class
+    label feature ("" for unlabelled corpora); tfds_fields: {modality: stored feature} where the
+    names differ. image_shape: data.image.shape, which fake images take too."""
     tiny = v.size == "tiny"
-    c = data_config(name if v.data == "real" else "fake", modalities, **fields)
+    c = data_config("tfds" if v.data == "real" else "fake", modalities, **fields)
+    c.tfds.update(name=name, label_field=label_field, fields=dict(tfds_fields or {}))
+    if v.data == "real":
+        c.num_workers = -1
     c.image.shape = tuple(image_shape)
     # Always set, so that `--config.data.name=fake` alone also gets the pod's split sizes.
     c.fake.train_examples, c.fake.eval_examples = TINY_FAKE_EXAMPLES if tiny else FAKE_EXAMPLES

@@ -24,9 +24,14 @@ Differences: AudioMAE's decoder attends within local (shifted) windows (decoder_
 one globally; AudioMAE also mixes clips by random roll + magnitude ("roll_mag_aug"), not here.
 
 Data: AudioSet-2M (about 2M ten-second clips: unbalanced + balanced train; its availability
-shrinks as videos disappear) as ArrayRecord under data.data_dir (`audioset`), which
-mmjax.data.pipeline cannot read yet: with data=real the run stops at start-up listing the
-readable datasets. data=fake runs the rest at these shapes.
+shrinks as videos disappear), converted from its audio files and segment CSVs:
+    python -m mmjax.ingest audio --csv unbalanced_train_segments.csv --audio-root /data/audioset/wav \
+        --file-key YTID --label-key positive_labels --multi-label \
+        --class-names class_labels_indices.csv --out $MMJAX_DATA_DIR/audioset/1.0.0 --split train
+(and `--split eval` from eval_segments.csv). Clips are decoded and resampled to 16 kHz in Grain's
+worker processes. Labels are multi-label (the `labels` feature): pretraining reads no label,
+and the single-label probes are evaluated only with data=fake; AudioSet's mAP evaluation is
+not built yet. data=fake runs the rest at these shapes.
 
 Variants: configs/blocks/pod.py (`data=real|fake`, `size=full|tiny`, `steps`).
 """
@@ -48,7 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c = pod.run(v, total_steps=pod.steps(EPOCHS, AS2M_CLIPS, BATCH), batch_size=BATCH, fsdp=4,
                 accumulation="plain")  # a per-example mean: plain accumulation is exact
-    c.data = pod.data(v, "audioset", ("audio",), train_split="train", eval_split="eval")
+    c.data = pod.data(v, "audioset", ("audio",), train_split="train", eval_split="eval", label_field="")
     c.data.audio.logmel.update(LOGMEL)
     c.data.audio.update(num_frames=1024, norm_mean=-4.2677393, norm_std=4.5689974, gain_db=0.0,
                         time_masks=0, freq_masks=0)  # no SpecAugment in pretraining
@@ -63,6 +68,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optim = trainer.adamw(lr=2e-4 * BATCH / 256, b1=0.9, b2=0.95, weight_decay=1e-4, grad_clip_norm=0.0,
                             warmup_steps=pod.steps(WARMUP_EPOCHS, AS2M_CLIPS, BATCH))
     c.eval = pod.eval_schedule(v, every_steps=20_000, batch_size=512)
-    c.evals = evals.entries(evals.probes("audio", fewshot_shots=()))
+    # Multi-label AudioSet has no single class per clip for the probes (see Data above).
+    c.evals = evals.entries(evals.probes("audio", fewshot_shots=())) if v.data == "fake" else evals.entries()
     c.lock()
     return c

@@ -23,11 +23,15 @@ were not in the searchable corpus, open_clip's PRETRAINED.md and README were):
 Gradient accumulation: `--config.accumulation.steps=k` fits the same global batch on k times
 fewer devices and is exact for the contrastive loss (GradCache, mmjax.accumulate).
 
-Data: LAION-400M as ArrayRecord image-caption records under data.data_dir (`laion400m`), which
-mmjax.data.pipeline cannot read yet: with data=real the run stops at start-up listing the
-readable datasets. data=fake runs the rest at these shapes, with the embedded BPE vocabulary
-(598 ids) because OpenAI's bpe_simple_vocab_16e6.txt.gz is not shipped: the text tower then has
-24.99M fewer embedding parameters than the real one. tools/plan.py sizes the real vocabulary.
+Data: LAION-400M (img2dataset's webdataset tars: <key>.jpg + .txt + .json), converted once to
+ArrayRecord and read by name under data.data_dir:
+    python -m mmjax.ingest webdataset '/data/laion400m-wds/{00000..41407}.tar' \
+        --out $MMJAX_DATA_DIR/laion400m/1.0.0 --split train    # --runner beam for a cluster
+and a held-out set of shards the same way with `--split validation`. Unlabelled pairs: the
+in-training evaluation is image<->text retrieval R@K. OpenAI's BPE vocabulary
+(bpe_simple_vocab_16e6.txt.gz) is read from data.text.tokenizer_path; data=fake runs at these
+shapes with the embedded BPE vocabulary (598 ids): the text tower then has 24.99M fewer
+embedding parameters than the real one. tools/plan.py sizes the real vocabulary.
 
 Variants: configs/blocks/pod.py (`data=real|fake`, `size=full|tiny`, `steps`).
 """
@@ -39,6 +43,8 @@ LAION400M_PAIRS = 400_000_000
 BATCH = 32_768
 EPOCHS = 32
 OPENAI_BPE = "bpe_simple_vocab_16e6.txt.gz"
+# CLIP's pixel normalisation (open_clip OPENAI_DATASET_MEAN / _STD)
+OPENAI_MEAN, OPENAI_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 CLIP_TEXT_B = dict(width=512, depth=12, num_heads=8, mlp_dim=2048)  # CLIP's "63M-parameter" text transformer
 MODALITIES = ("image", "text")
 
@@ -48,11 +54,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     tiny = v.size == "tiny"
 
     c = pod.run(v, total_steps=pod.steps(EPOCHS, LAION400M_PAIRS, BATCH), batch_size=BATCH, fsdp=4)
-    c.data = pod.data(v, "laion400m", MODALITIES, train_split="train", eval_split="validation",
+    c.data = pod.data(v, "laion400m", MODALITIES, train_split="train", eval_split="validation", label_field="",
                       image_shape=(32, 32, 3) if tiny else (224, 224, 3))
     c.data.text.update(tokenizer="bpe", max_len=16 if tiny else 77,
                        tokenizer_path="" if v.data == "fake" else OPENAI_BPE)
     c.data.image.crop_scale, c.data.image.max_shift = (0.9, 1.0), 0  # open_clip's RandomResizedCrop scale
+    c.data.image.mean, c.data.image.std = OPENAI_MEAN, OPENAI_STD
     c.model = contrastive.model(
         embed_dim=32 if tiny else 512, logit_init=contrastive.CLIP_INIT, dtype=pod.DTYPE, towers={
             "image": towers.vit(pod.tower_size(v, towers.VIT_B), patch_size=8 if tiny else 16, pool="tok",

@@ -25,9 +25,10 @@ Differences: the augmentation is mmjax's (random resized crop of data.image.crop
 tokens are initialised from a normal (std 0.02) as MAE's are, but the patch embedding is
 flax's default convolution init rather than MAE's xavier_uniform on its flattened kernel.
 
-Data: TFDS `imagenet2012` (train 1,281,167 / validation 50,000), which mmjax.data.pipeline
-cannot read yet (it names only the embedded datasets and `fake`): with data=real the run
-stops at start-up listing the readable names. data=fake runs everything else at these shapes.
+Data: TFDS `imagenet2012` (train 1,281,167 / validation 50,000) under data.data_dir, prepared
+once from the manually downloaded archives: `tfds build imagenet2012 --file_format=array_record
+--data_dir=$MMJAX_DATA_DIR --manual_dir=...`. JPEGs are decoded in Grain's worker processes and
+normalised with ImageNet's mean / std. data=fake runs everything else at these shapes.
 
 Variants: configs/blocks/pod.py (`data=real|fake`, `size=full|tiny`, `steps`).
 """
@@ -50,6 +51,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data = pod.data(v, "imagenet2012", ("image",), train_split="train", eval_split="validation",
                       image_shape=(32, 32, 3) if tiny else (224, 224, 3))
     c.data.image.crop_scale, c.data.image.max_shift = (0.2, 1.0), 0
+    c.data.image.mean, c.data.image.std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # MAE's (torchvision's)
     c.model = masked.model(
         "mae", "image", mask_ratio=0.75, dtype=pod.DTYPE,
         encoder=towers.vit(pod.tower_size(v, towers.VIT_B), patch_size=8 if tiny else 16, pool="tok", posemb="sincos",

@@ -22,10 +22,11 @@ Recipe (Point-MAE cfgs/pretrain.yaml):
 Differences: LayerNorm for BatchNorm in the mini-PointNet, positions added once rather than
 before every block, no drop path (Point-MAE: 0.1); see mmjax.models.point.
 
-Data: ShapeNet-55 as ArrayRecord under data.data_dir (`shapenet55`; 41,952 training shapes in
-the Point-BERT split list, a number not checked against the list here), which
-mmjax.data.pipeline cannot read yet: with data=real the run stops at start-up listing the
-readable datasets. data=fake runs the rest at these shapes.
+Data: ShapeNet-55 (Point-BERT's shapenet_pc/*.npy, 8,192 points each, sorted into one folder
+per synset; 41,952 training shapes in the Point-BERT split list, a number not checked against
+the list here), converted once:
+    python -m mmjax.ingest points /data/shapenet55/train --out $MMJAX_DATA_DIR/shapenet55/1.0.0 --split train
+(and the test folder with `--split test`). data=fake runs the rest at these shapes.
 
 Variants: configs/blocks/pod.py (`data=real|fake`, `size=full|tiny`, `steps`).
 """

@@ -156,7 +156,7 @@ def make_train_iterator(data_cfg: ml_collections.ConfigDict, *, global_batch_siz
     ds = open_split(data_cfg, data_cfg.train_split)
     ds = ds.shuffle(seed=int(shuffle_seed)).repeat()  # repeat re-seeds the shuffle per epoch.
     # After repeat: the index is the stream position, so epochs augment differently.
-    example = dataset.example_transform(tokenizer, train=True, where=f"{data_cfg.name}/{data_cfg.train_split}")
+    example = dataset.example_transform(tokenizer, train=True, where=dataset.location(data_cfg.train_split))
     ds = ds.random_map(_TrainExample(example), seed=int(augment_seed))
     # Local batch j of the whole stream is rows [j*b, (j+1)*b); global batch t
     # is local batches t*S .. t*S+S-1, so shard k takes every S-th from k.
@@ -218,7 +218,7 @@ class EvalBatches:
         if batch_size % shard_count:
             raise ValueError(f"eval batch_size {batch_size} is not divisible by the {shard_count} processes")
         dataset = get_dataset(data_cfg)
-        example = dataset.example_transform(tokenizer, train=False, where=f"{data_cfg.name}/{split}")
+        example = dataset.example_transform(tokenizer, train=False, where=dataset.location(split))
         self._examples = open_split(data_cfg, split).map_with_index(_EvalExample(example, seed=0))
         self.data_cfg, self.split = data_cfg, split
         self.num_examples = len(self._examples)

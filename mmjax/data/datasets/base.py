@@ -72,11 +72,12 @@ class Dataset:
         field: what `open_split` returns. Validation sits before any shuffle, so the index it
         names is the position in the split."""
         fields = {m: self.fields[m] for m in self.data_cfg.modalities}
-        validate = ValidateRecord(self._where(split), bind_modalities(self.data_cfg, None, train=False), fields,
+        validate = ValidateRecord(self.location(split), bind_modalities(self.data_cfg, None, train=False), fields,
                                   num_classes=self.num_classes, label_field=self.label_field)
         return grain.MapDataset.source(records).map_with_index(validate)
 
-    def _where(self, split: str) -> str:
+    def location(self, split: str) -> str:
+        """How errors name `split` of this dataset ("digits_captions/test", "/data/laion/train")."""
         return f"{self.name}/{split}"
 
     def _check_split(self, split: str, valid) -> None:
@@ -97,7 +98,7 @@ class TfdsDataset(Dataset):
         builder = self.builder()
         self._check_split(split, builder.info.splits)
         raw = builder.as_data_source(split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
-        return self.validated(RecordSource(raw, builder.info.features.deserialize_example_np, self._where(split)), split)
+        return self.validated(RecordSource(raw, builder.info.features.deserialize_example_np, self.location(split)), split)
 
 
 def get_dataset(data_cfg) -> Dataset:

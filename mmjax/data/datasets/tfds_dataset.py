@@ -20,6 +20,7 @@ skipped), so decoding, cropping and resampling happen in the pipeline's workers.
 from __future__ import annotations
 
 import os
+import re
 
 import tensorflow_datasets as tfds
 
@@ -28,6 +29,7 @@ from mmjax.data.datasets.base import DATASETS, Dataset
 from mmjax.data.transforms import RecordSource
 
 NAME = "tfds"
+_VERSION = re.compile(r"^\d+\.\d+\.\d+$")
 # Features the pipeline decodes itself (fast decoders, random-resized crop on the original size).
 _ENCODED = (tfds.features.Image, tfds.features.Audio)
 
@@ -75,8 +77,7 @@ class TfdsByName(Dataset):
         return f"tfds dataset {o.dir or o.name}"
 
     def builder(self):
-        """The TFDS builder (cached): by directory, or by name (registered builder code, else the
-        prepared files under data_dir)."""
+        """The TFDS builder (cached) of the prepared files: by directory, or by name under data_dir."""
         if getattr(self, "_builder", None) is None:
             o = self.opts
             if bool(o.name) == bool(o.dir):
@@ -89,22 +90,34 @@ class TfdsByName(Dataset):
                                      f"dataset_info.json in {path}); write one with `python -m mmjax.ingest`")
                 builder = tfds.builder_from_directory(path)
             else:
-                data_dir = builders.resolve_data_dir(self.data_cfg.data_dir or None)
-                spec = o.name + (f"/{o.config}" if o.config else "") + (f":{o.version}" if o.version else "")
-                try:
-                    builder = tfds.builder(spec, data_dir=data_dir)
-                except Exception as e:  # TFDS raises several kinds for an unknown or unprepared name
-                    raise ValueError(f"data.tfds.name={spec!r}: no such TFDS dataset under data.data_dir={data_dir} "
-                                     f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
-                if not builder.is_prepared():
-                    raise ValueError(f"data.tfds.name={spec!r} is not prepared under {data_dir}: run `tfds build "
-                                     f"{o.name} --file_format=array_record --data_dir={data_dir}` (or set data.data_dir)")
+                builder = tfds.builder_from_directory(self._prepared_dir())
             if builder.info.file_format != tfds.core.FileFormat.ARRAY_RECORD:
                 raise ValueError(f"{self.where} is stored as {builder.info.file_format.value}; Grain's random access "
                                  f"(shuffling, exact resume) needs array_record: prepare it with `tfds build "
                                  f"--file_format=array_record` or convert it with `python -m mmjax.ingest`")
             self._builder = builder
         return self._builder
+
+    def _prepared_dir(self) -> str:
+        """<data_dir>/<name>[/<config>]/<version> of a prepared dataset, the newest version unless
+        data.tfds.version names one. Only the prepared files are read: no builder code runs (and
+        none is needed, nor TensorFlow), whichever tool prepared them."""
+        o = self.opts
+        data_dir = builders.resolve_data_dir(self.data_cfg.data_dir or None)
+        root = os.path.join(data_dir, o.name, o.config) if o.config else os.path.join(data_dir, o.name)
+        spec = o.name + (f"/{o.config}" if o.config else "") + (f":{o.version}" if o.version else "")
+        versions = sorted((v for v in (os.listdir(root) if os.path.isdir(root) else ())
+                           if _VERSION.match(v) and os.path.isfile(os.path.join(root, v, "dataset_info.json"))),
+                          key=lambda v: tuple(int(x) for x in v.split(".")))
+        if o.version and o.version not in versions:
+            versions = []
+        if not versions:
+            raise ValueError(
+                f"data.tfds.name={spec!r}: no such TFDS dataset under data.data_dir={data_dir} (no prepared "
+                f"{root}/<version>/dataset_info.json): prepare it with `tfds build {o.name} "
+                f"--file_format=array_record --data_dir={data_dir}`, or convert files with `python -m mmjax.ingest "
+                f"... --out {root}/1.0.0`, or set data.data_dir / data.tfds.dir")
+        return os.path.join(root, o.version or versions[-1])
 
     def _feature(self, path: str):
         feature = self.builder().info.features
@@ -139,9 +152,9 @@ class TfdsByName(Dataset):
         decoders = {f: tfds.decode.SkipDecoding() for f in top if isinstance(features.get(f), _ENCODED)}
         raw = builder.as_data_source(split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
         deserialize = _Deserialize(builder.info.features, decoders, tuple(fields))
-        return self.validated(RecordSource(raw, deserialize, self._where(split)), split)
+        return self.validated(RecordSource(raw, deserialize, self.location(split)), split)
 
-    def _where(self, split: str) -> str:
+    def location(self, split: str) -> str:
         return f"{self.opts.dir or self.opts.name}/{split}"
 
 
