@@ -333,6 +333,9 @@ def test_config_entries_fail_on_unknown_types_and_fields_listing_the_valid_ones(
         build_evaluators({"fs": {"type": "fewshot"}})
     with pytest.raises(ValueError, match="config.evals.x has no 'type'"):
         build_evaluators({"x": {"modalities": ("image",)}})
+    # type "none" switches an entry off (--config.evals.<name>.type=none)
+    assert list(build_evaluators({"zs": {"type": "none", "modalities": ("image",)},
+                                  "knn": {"type": "knn", "modalities": ("image",)}})) == ["knn"]
     for entry, message in [({"type": "retrieval", "pairs": ("image",)}, "expected 'query:key'"),
                            ({"type": "zeroshot_multilinear", "groups": ("image",)}, "two or more modalities"),
                            ({"type": "knn", "modalities": "image"}, "tuple of non-empty strings")]:

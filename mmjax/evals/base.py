@@ -141,5 +141,8 @@ def build_evaluator(name: str, entry: Mapping) -> Evaluator:
 
 
 def build_evaluators(evals_cfg: Mapping) -> dict[str, Evaluator]:
-    """{name: evaluator} of every `config.evals` entry, in the config's (sorted) key order."""
-    return {name: build_evaluator(name, entry) for name, entry in evals_cfg.items()}
+    """{name: evaluator} of every `config.evals` entry, in the config's (sorted) key order. An entry of
+    type "none" is left out: `--config.evals.<name>.type=none` drops one from the command line
+    (e.g. zero-shot on a corpus without classes)."""
+    return {name: build_evaluator(name, entry) for name, entry in evals_cfg.items()
+            if (entry.get("type") if isinstance(entry, Mapping) else None) != "none"}

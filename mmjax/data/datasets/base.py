@@ -7,6 +7,7 @@ A `Dataset` subclass declares
   label_field       the integer class label's field
   class_names       the classes, in label order
   prompt_templates  zero-shot prompt templates, formatted per class by `zeroshot_prompts`
+                    ({name}: the class name, {index}: its label)
   default_config    its own options block `data.<options_key>` (most datasets need none)
 and, bound to a run's `data` config, opens a split as a Grain MapDataset of validated records
 (`open_split`) and makes the per-example transform (`example_transform`). Generic code (the
@@ -51,7 +52,7 @@ class Dataset:
 
     def zeroshot_prompts(self) -> list[list[str]]:
         """[C][T] prompts, class-major: every template filled in for each class."""
-        return [[t.format(name=name) for t in self.prompt_templates] for name in self.class_names]
+        return [[t.format(name=name, index=c) for t in self.prompt_templates] for c, name in enumerate(self.class_names)]
 
     def check_modalities(self) -> None:
         missing = set(self.data_cfg.modalities) - set(self.fields)

@@ -43,7 +43,7 @@ class TfdsByName(Dataset):
     def default_config(cls):
         return {
             "name": "",  # a TFDS dataset name (e.g. "imagenet2012", "coco_captions") under data.data_dir, or
-            "dir": "",  # a prepared dataset directory (<name>/<version>, e.g. mmjax.ingest's output)
+            "dir": "",  # a prepared dataset directory (<name>/<version>, e.g. mmjax.ingest's output); wins over name
             "version": "",  # with `name`: "" = the newest prepared version
             "config": "",  # with `name`: the builder config, e.g. "2014" for coco_captions
             # {modality: stored feature}; a modality not listed reads the feature of its own name
@@ -51,7 +51,8 @@ class TfdsByName(Dataset):
             "fields": {},
             "label_field": "label",  # "" = unlabelled (labels -1)
             "class_names": (),  # () = the label feature's class names
-            "prompt_templates": ("a photo of a {name}.",),  # zero-shot; CLIP's ImageNet default wording
+            # zero-shot, {name} / {index}: a class's name / label; CLIP's ImageNet default wording
+            "prompt_templates": ("a photo of a {name}.",),
         }
 
     @property
@@ -80,9 +81,9 @@ class TfdsByName(Dataset):
         """The TFDS builder (cached) of the prepared files: by directory, or by name under data_dir."""
         if getattr(self, "_builder", None) is None:
             o = self.opts
-            if bool(o.name) == bool(o.dir):
-                raise ValueError("data.tfds: set exactly one of name (a TFDS dataset under data.data_dir) and dir "
-                                 f"(a prepared dataset directory); got name={o.name!r}, dir={o.dir!r}")
+            if not (o.name or o.dir):
+                raise ValueError("data.tfds: set name (a TFDS dataset under data.data_dir) or dir (a prepared "
+                                 "dataset directory, which wins over name)")
             if o.dir:
                 path = os.path.abspath(os.path.expanduser(o.dir))
                 if not os.path.isfile(os.path.join(path, "dataset_info.json")):
