@@ -29,7 +29,7 @@ import numpy as np
 
 from mmjax.batch_keys import rename_view
 from mmjax.data.modalities import MODALITIES, Modality
-from mmjax.data.transforms import BadInput, BadRecordError, field_name
+from mmjax.data.transforms import BadInput, BadRecordError, example_name, field_name
 
 ON_BAD_INPUT = ("error", "drop")
 
@@ -77,7 +77,7 @@ class ExampleTransform:
                 present = True
             except BadInput as e:
                 if self.on_bad_input == "error":
-                    raise BadRecordError(f"{self.where} example {record['_index']}: field "
+                    raise BadRecordError(f"{self.where} {example_name(record['_index'], record)}: field "
                                          f"{field_name(self.fields[m], m)}: {e}") from e
                 out |= modality.placeholder()
                 out["flags"][f"bad_{m}"] = True

@@ -63,6 +63,15 @@ class RecordSource:
         return f"RecordSource({self._where}, {len(self)} records)"
 
 
+def example_name(index: int, record: Record) -> str:
+    """How an error names an example: its index in the split and, where the dataset stores one (the
+    converter's "key": the archive member or file it came from), its key."""
+    key = record.get("key")
+    if isinstance(key, bytes):
+        key = key.decode("utf-8", "replace")
+    return f"example {index}" + (f" (key {key!r})" if key else "")
+
+
 def field_name(field: str, modality: str) -> str:
     """How an error names a value: the stored field, and the modality when they differ."""
     return repr(field) if field == modality else f"{field!r} ({modality})"
@@ -84,7 +93,7 @@ class ValidateRecord(grain.transforms.MapWithIndex):
 
     def map_with_index(self, index: int, record: Record) -> Record:
         def fail(field: str, problem: str) -> NoReturn:
-            raise BadRecordError(f"{self.where} example {index}: field {field} {problem}")
+            raise BadRecordError(f"{self.where} {example_name(index, record)}: field {field} {problem}")
 
         out = dict(record)
         for m, modality in self.modalities.items():

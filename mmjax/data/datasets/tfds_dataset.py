@@ -148,6 +148,8 @@ class TfdsByName(Dataset):
         builder = self.builder()
         self._check_split(split, builder.info.splits)
         fields = sorted(set(self.fields[m] for m in self.data_cfg.modalities) | {self.label_field} - {None})
+        if "key" in builder.info.features and "key" not in fields:  # the converter's: errors name the member
+            fields.append("key")
         features = {f: self._feature(f) for f in fields}  # fails naming an unknown field before any read
         top = {f.split("/")[0] for f in fields}
         decoders = {f: tfds.decode.SkipDecoding() for f in top if isinstance(features.get(f), _ENCODED)}
