@@ -5,42 +5,98 @@ One checkpoint step = {"state": params + optimizer state + step counter,
 a temporary directory and renames it only once every item is on disk, so a
 process killed mid-save leaves a temporary directory that `latest_step` never
 returns (and that is removed on the next start).
+
+A committed step can still be damaged later (a truncated or overwritten file, a
+deleted manifest). `Checkpointer.restore_latest` then sets that step aside (moved
+to <workdir>/checkpoints_set_aside/, never deleted) and falls back to the
+previous one; retention never deletes the step this run restored from. A failed
+asynchronous save surfaces at the next step (`check_for_errors`), not at the
+next save, as one line; the checkpoints committed before it stay as they were.
 """
 from __future__ import annotations
 
+import contextlib
+import glob
+import json
 import logging
 import os
+import shutil
+import sys
+import time
 
 import grain
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy as preservation
+
+from mmjax.errors import ConfigError, RunError
 
 log = logging.getLogger(__name__)
+
+SET_ASIDE = "checkpoints_set_aside"  # beside checkpoints/: damaged steps, kept for inspection
+
+
+class _KeepKnownGood(preservation.PreservationPolicy):
+    """Preserves the step this run restored from (the one step known to restore) whatever max_to_keep says."""
+
+    def __init__(self):
+        self.step: int | None = None
+
+    def should_preserve(self, checkpoints, *, context):
+        return [c.step == self.step for c in checkpoints]
 
 
 class Checkpointer:
     def __init__(self, directory: str, *, every_steps: int, keep: int, async_save: bool = True):
+        # Orbax's OCDBT array writer rejects relative paths (`--workdir workdirs/x`), so resolve them here.
+        self.directory = os.path.abspath(directory)
+        self._known_good = _KeepKnownGood()
         options = ocp.CheckpointManagerOptions(
             save_interval_steps=every_steps,
-            max_to_keep=keep,
             enable_async_checkpointing=async_save,
             cleanup_tmp_directories=True,  # drop what a killed save left behind
             create=True,
+            preservation_policy=preservation.AnyPreservationPolicy([preservation.LatestN(keep), self._known_good]),
         )
-        # Orbax's OCDBT array writer rejects relative paths (`--workdir workdirs/x`), so resolve them here.
-        self._manager = ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=("state", "data"))
+        self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data"))
+        self._saving: int | None = None  # the step of the last save started (for error messages)
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
     def save(self, step: int, state, data_iterator, *, force: bool = False) -> bool:
-        """Saves if `step` is on the interval (or force); returns whether a save started."""
-        return self._manager.save(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                    data=grain.checkpoint.CheckpointSave(data_iterator)),
-            force=force,
-        )
+        """Saves if `step` is on the interval (or force); returns whether a save started. A save
+        that fails (now, or the previous asynchronous one) raises RunError naming its step."""
+        self.check_for_errors()
+        if force and step in self._manager.all_steps():
+            return False  # already committed (e.g. a preemption right after a periodic save)
+        with self._failure_as_run_error(step):
+            started = self._manager.save(
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                        data=grain.checkpoint.CheckpointSave(data_iterator)),
+                force=force,
+            )
+        if started:
+            self._saving = step
+        return started
+
+    def check_for_errors(self) -> None:
+        """Raises RunError if the last asynchronous save failed (cheap; the trainer calls it every step)."""
+        with self._failure_as_run_error(self._saving):
+            self._manager.check_for_errors()
+
+    @contextlib.contextmanager
+    def _failure_as_run_error(self, step):
+        try:
+            yield
+        except Exception as e:
+            self._saving = None
+            committed = [s for s in self._manager.all_steps() if s != step]
+            kept = f"step {max(committed)} is the last committed checkpoint" if committed else "no checkpoint is committed"
+            raise RunError(f"checkpoint save of step {step} failed ({one_line(e)}); {kept} in {self.directory}") from e
 
     def restore(self, step: int, abstract_state, data_iterator):
         """Restores `step` into arrays laid out like `abstract_state` (ShapeDtypeStructs with
@@ -53,6 +109,53 @@ class Checkpointer:
         log.info("restored checkpoint step %d", step)
         return restored["state"]
 
+    def restore_latest(self, abstract_state, data_iterator, say=print):
+        """(step, state) of the newest committed step that restores, or None if there is none.
+
+        A step that fails to restore, or restores non-finite params, is reported in one line,
+        moved to checkpoints_set_aside/ and the previous step is tried. If steps existed but
+        none restores, RunError says where they went.
+        """
+        set_aside = []
+        while (step := self.latest_step()) is not None:
+            problem = _missing_or_garbled(os.path.join(self.directory, str(step)))
+            if problem is None:
+                try:
+                    with _quiet_orbax():
+                        state = self.restore(step, abstract_state, data_iterator)
+                    if not _all_finite(state["params"]):
+                        raise ValueError("its params hold NaN or Inf")
+                except (ConfigError, RunError):
+                    raise  # the run's own refusal (e.g. a data position this batch size cannot take)
+                except Exception as e:  # any damage: missing or truncated files, garbled JSON, wrong tree
+                    problem = one_line(e)
+            problem = _agree(problem)  # every process falls back together
+            if problem is None:
+                self._known_good.step = step
+                return step, state
+            where = self._set_aside(step)
+            set_aside.append(where)
+            say(f"checkpoint step {step} does not restore ({problem}); moved to {where}, trying the previous one",
+                flush=True)
+        if set_aside:
+            raise RunError(f"no committed checkpoint restores (set aside: {', '.join(set_aside)}); inspect them, "
+                           f"move one back into {self.directory} or start again with a new --workdir")
+        return None
+
+    def _set_aside(self, step: int) -> str:
+        """Moves step `step` to <workdir>/checkpoints_set_aside/<step>[-<time>] (process 0) and re-lists."""
+        where = os.path.join(os.path.dirname(self.directory), SET_ASIDE, str(step))
+        if os.path.exists(where):
+            where += f"-{time.strftime('%Y%m%dT%H%M%S')}"
+        if jax.process_index() == 0:
+            os.makedirs(os.path.dirname(where), exist_ok=True)
+            shutil.move(os.path.join(self.directory, str(step)), where)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices(f"mmjax: checkpoint {step} set aside")
+        self._manager.reload()
+        return where
+
     def restore_state(self, step: int, abstract_state):
         """Only the model/optimiser state of `step` (no data iterator), e.g. for evaluation."""
         return self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))["state"]
@@ -61,11 +164,114 @@ class Checkpointer:
         return list(self._manager.all_steps())
 
     def wait(self) -> None:
-        """Blocks until any in-flight async save is committed."""
-        self._manager.wait_until_finished()
+        """Blocks until any in-flight async save is committed; RunError if it failed."""
+        with self._failure_as_run_error(self._saving):
+            self._manager.wait_until_finished()
+
+    def due(self, step: int) -> bool:
+        """Whether `save(step)` would save (the interval)."""
+        return self._manager.should_save(step)
 
     def close(self) -> None:
-        self._manager.close()
+        """Releases the manager. Errors of the last save surfaced at `wait()`; one here would only
+        hide the error that is already on its way out, so it is logged instead."""
+        try:
+            self._manager.close()
+        except Exception as e:  # noqa: BLE001
+            log.warning("closing the checkpoint manager: %s", one_line(e))
+
+
+def one_line(e: BaseException, limit: int = 240) -> str:
+    """`Type: first line of the message`, at most `limit` characters: the cause in a one-line report."""
+    text = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
+    text = text.split(" See full TensorStore details")[0]  # a repr of the whole store spec follows
+    text = f"{type(e).__name__}: {text}" if text else type(e).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+@jax.jit
+def _finite(tree):
+    return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree_util.tree_leaves(tree)
+                              if jnp.issubdtype(x.dtype, jnp.inexact)] or [jnp.bool_(True)]))
+
+
+def _all_finite(tree) -> bool:
+    return bool(jax.device_get(_finite(tree)))
+
+
+def _agree(problem: str | None) -> str | None:
+    """With several processes: a restore counts only if it worked on all of them (the first
+    process's problem is reported; a problem elsewhere is named by process)."""
+    if jax.process_count() == 1:
+        return problem
+    from jax.experimental import multihost_utils
+    failed = multihost_utils.process_allgather(np.array(problem is not None))
+    if not failed.any():
+        return None
+    return problem or f"it failed on process(es) {np.flatnonzero(failed).tolist()}"
+
+
+def _missing_or_garbled(step_dir: str) -> str | None:
+    """A damaged step's missing or unreadable metadata, found before Orbax reads it (a failed
+    Orbax read leaves TensorStore callbacks running into its closed event loop, which print a
+    traceback each); None when the files are there. Array data is checked by the restore itself."""
+    state = os.path.join(step_dir, "state")
+    required = [os.path.join(state, "_METADATA")]
+    writers = sorted(glob.glob(os.path.join(state, "ocdbt.process_*")))
+    if writers:  # the OCDBT layout: one manifest for the step and one per writing process
+        required += [os.path.join(state, "manifest.ocdbt")] + [os.path.join(w, "manifest.ocdbt") for w in writers]
+    for path in required:
+        if not os.path.isfile(path):
+            return f"{os.path.relpath(path, step_dir)} is missing"
+    for path in [required[0], *glob.glob(os.path.join(step_dir, "data", "*.json"))]:
+        try:
+            with open(path) as f:
+                json.load(f)
+        except (OSError, ValueError) as e:
+            return f"{os.path.relpath(path, step_dir)}: {one_line(e)}"
+    return None
+
+
+_ASYNC_NOISE = ("Event loop is closed", "Encountered error while reading array index")
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+    """Orbax and TensorStore report a failed read with tracebacks: logged at ERROR level, and
+    printed by reads still in flight that finish after the restore gave up (into a closed event
+    loop, or as never-awaited coroutines). The caller reports the failure in one line instead, so
+    those are silenced: the logs during the attempt, the stray tracebacks for the rest of the run
+    (only these two messages; anything else is printed as before)."""
+    loggers = [logging.getLogger(name) for name in ("absl", "orbax", "orbax.checkpoint", "jax")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    _silence_stray_read_errors()
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _silence_stray_read_errors() -> None:
+    if getattr(sys.excepthook, "mmjax_filter", False):
+        return
+    excepthook, unraisablehook = sys.excepthook, sys.unraisablehook
+
+    def is_noise(exc) -> bool:
+        return exc is not None and any(text in str(exc) for text in _ASYNC_NOISE)
+
+    def filtered_excepthook(kind, exc, tb):
+        if not is_noise(exc):
+            excepthook(kind, exc, tb)
+
+    def filtered_unraisablehook(info):
+        if not is_noise(info.exc_value):
+            unraisablehook(info)
+
+    filtered_excepthook.mmjax_filter = True
+    sys.excepthook, sys.unraisablehook = filtered_excepthook, filtered_unraisablehook
 
 
 def abstract_like(state, shardings):

@@ -11,8 +11,14 @@ change to the step (a new state entry, another metric) reaches all of them at on
                                        that accumulation can run the forward per micro-batch
   train_step(setup, train_rng, state, batch)  one optimiser step; jit_train_step compiles it
 
-The train state is {"step", "params", "opt_state"}, plus "teacher" for a model with an EMA
-teacher (mmjax.teacher): the teacher is never differentiated or seen by the optimiser.
+The train state is {"step", "params", "opt_state", "guard"}, plus "teacher" for a model with an
+EMA teacher (mmjax.teacher): the teacher is never differentiated or seen by the optimiser.
+
+The guard: a step whose loss or gradient norm is not finite leaves params, optimiser state and
+teacher as they were (the step counter and the data still advance, as optax.apply_if_finite
+does, so the learning-rate schedule, which counts applied updates, is held back by one); state["guard"] counts such steps ("skipped"), the current run of them ("consecutive") and
+the last one's number ("last_bad_step"), so that the trainer can stop on config.guard and no
+checkpoint ever holds a non-finite update. Finite steps are bitwise what they were without it.
 
 Randomness: step s draws from fold_in(train_rng, s), whatever happened before it (exact
 resume); within a step fold_in(., 0) is dropout, 1 masking, 2 the objective's own (Symile's
@@ -92,7 +98,9 @@ def run_rngs(seed: int):
 def init_state(setup: Setup, example: dict, init_rng) -> dict:
     """The initial train state for a batch shaped like `example` (its values are not read)."""
     params = setup.model.init({"params": init_rng, "masking": init_rng}, example)["params"]
-    state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": setup.tx.init(params)}
+    state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": setup.tx.init(params),
+             "guard": {"skipped": jnp.zeros((), jnp.int32), "consecutive": jnp.zeros((), jnp.int32),
+                       "last_bad_step": jnp.full((), -1, jnp.int32)}}
     if setup.has_teacher:  # the teacher starts as a copy of the student
         state["teacher"] = teacher_lib.init(setup.model, params)
     return state
@@ -148,14 +156,28 @@ def train_step(setup: Setup, train_rng, state: dict, batch: dict) -> tuple[dict,
     (loss, step_metrics), grads = accumulate.value_and_grad(
         forward, setup.loss, state["params"], batch, step_rng, config.accumulation)
     updates, opt_state = setup.tx.update(grads, state["opt_state"], state["params"])
-    new_state = {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
-                 "opt_state": opt_state}
-    step_metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": setup.schedule(state["step"]),
-                    **step_metrics}
+    grad_norm = optax.tree.norm(grads)
+    new_state = {"params": optax.apply_updates(state["params"], updates), "opt_state": opt_state}
+    # optax's schedule counts applied updates only, so skipped steps hold the learning rate back.
+    lr = setup.schedule(state["step"] - state["guard"]["skipped"])
+    step_metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lr, **step_metrics}
     if teacher is not None:  # EMA towards the updated student; the optimiser never sees the teacher
         new_state["teacher"], step_metrics["ema_decay"] = teacher_lib.update(
             config.model.teacher, setup.model, teacher, new_state["params"], state["step"])
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state,
+                             {k: state[k] for k in new_state})
+    new_state["step"] = state["step"] + 1
+    new_state["guard"] = _count_non_finite(state["guard"], finite, new_state["step"])
+    step_metrics["skipped_steps"] = new_state["guard"]["skipped"]
     return new_state, step_metrics
+
+
+def _count_non_finite(guard: dict, finite, step) -> dict:
+    """state["guard"] after a step numbered `step` whose loss and grad norm were `finite` (or not)."""
+    bad = (~finite).astype(jnp.int32)
+    return {"skipped": guard["skipped"] + bad, "consecutive": (guard["consecutive"] + 1) * bad,
+            "last_bad_step": jnp.where(finite, guard["last_bad_step"], step)}
 
 
 def jit_train_step(setup: Setup, train_rng, mesh=None, state_shardings=None):

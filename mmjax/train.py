@@ -1,13 +1,18 @@
 """The mmjax trainer: one file, read top to bottom.
 
-  1. setup      process info, workdir, logging
+  1. setup      process info, workdir, config values, the run's identity (mmjax.run_identity)
   2. mesh       devices -> Mesh, sharding rules
   3. parts      tokenizer, model, objective, optimiser (mmjax.step.build)
   4. data       TFDS/ArrayRecord -> Grain iterator (checkpointable); the evaluation runner
   5. state      params + optimiser state (+ EMA teacher), initialised directly into their shardings
-  6. resume     latest committed checkpoint (model, optimiser, step, data position), else warm starts
+  6. resume     latest checkpoint that restores (model, optimiser, step, data position; a damaged
+                one is set aside), else warm starts
   7. step       one jit-compiled, donated train step (mmjax.step); randomness = fold_in(seed, step)
   8. loop       train, log, evaluate, checkpoint; the last line is `final: ...`
+
+A run stops early, always with its checkpoints intact, on SIGTERM/SIGINT (saves the current
+step: mmjax.errors.Preempted), a failed checkpoint save or non-finite steps beyond config.guard
+(mmjax.errors.RunError).
 """
 from __future__ import annotations
 
@@ -22,20 +27,30 @@ from mmjax import accumulate
 from mmjax import checkpoint as ckpt_lib
 from mmjax import metrics as metrics_lib
 from mmjax import parallel
+from mmjax import profiling
+from mmjax import run_identity
 from mmjax import step as step_lib
 from mmjax import teacher as teacher_lib
+from mmjax import validate
 from mmjax.batch_keys import FLAGS, model_inputs
 from mmjax.data import pipeline
+from mmjax.errors import Preempted, RunError
 from mmjax.evals.runner import EvalRunner
+from mmjax.preemption import PreemptionWatch
 
 
 def train_and_evaluate(config, workdir: str, devices=None) -> dict:
     """Trains `config` in `workdir`, resuming from its latest checkpoint; returns final metrics."""
     # ---------------------------------------------------------------- 1. setup
+    validate.check(config, workdir)  # every bad value at once, before anything is built
     process_index, process_count = jax.process_index(), jax.process_count()
     is_main = process_index == 0
     os.makedirs(workdir, exist_ok=True)
     say = print if is_main else (lambda *a, **k: None)
+    ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=config.checkpoint.every_steps,
+                                 keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
+    if ckpt.latest_step() is not None:  # a resume must continue the same run
+        run_identity.check_resume(config, workdir, say)
 
     # ---------------------------------------------------------------- 2. mesh
     mesh = parallel.make_mesh(config.mesh, devices)
@@ -64,10 +79,8 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
         f"modalities {list(config.data.modalities)}; objective {config.objective.name}")
 
     # ---------------------------------------------------------------- 6. resume
-    ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=config.checkpoint.every_steps,
-                                 keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
-    start_step = ckpt.latest_step()
-    if start_step is None:
+    restored = ckpt.restore_latest(ckpt_lib.abstract_like(layout.abstract, layout.shardings), train_iter, say)
+    if restored is None:
         state = jax.jit(layout.init, out_shardings=layout.shardings)()
         # Towers may start from finished runs' checkpoints: a frozen reference tower (CWCL), locked or
         # fine-tuned towers (config.init_from). The teacher, if any, copies the student as it starts.
@@ -78,15 +91,20 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
                                        out_shardings=layout.shardings["teacher"])(state["params"])
         start_step = 0
     else:
-        state = ckpt.restore(start_step, ckpt_lib.abstract_like(layout.abstract, layout.shardings), train_iter)
+        start_step, state = restored
         say(f"resumed from step {start_step}")
+    attempt = run_identity.record(config, workdir, start_step=start_step, mesh=mesh)
 
     # ---------------------------------------------------------------- 7. step
     train_step = step_lib.jit_train_step(setup, train_rng, mesh, layout.shardings)
 
     # ---------------------------------------------------------------- 8. loop
-    logger = metrics_lib.MetricLogger(workdir, enabled=is_main, tensorboard=config.tensorboard)
+    logger = metrics_lib.MetricLogger(workdir, enabled=is_main, tensorboard=config.tensorboard,
+                                      resume_step=start_step if restored else None,
+                                      attempt=attempt["attempt"], wandb=config.wandb, run_config=config)
     meter = metrics_lib.Throughput(config.batch_size, config.total_steps)
+    profile = profiling.ProfileWindow(config.profile, workdir, enabled=is_main)
+    watch = PreemptionWatch()  # SIGTERM / SIGINT: stop after the current step, saved
 
     def run_eval(step: int) -> dict:
         results = evaluate(state["params"])
@@ -94,52 +112,99 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
         say(metrics_lib.format_line(f"eval {step}", results), flush=True)
         return results
 
-    if config.eval.at_start and start_step == 0:  # the untrained model's numbers, as a baseline
-        run_eval(0)
-    step = start_step
-    flag_counts: dict[str, int] = {}  # e.g. truncated captions, dropped bad inputs, since this start
-    meter.start(step)
-    while step < config.total_steps:
-        try:
-            waited = time.perf_counter()
-            batch = next(train_iter)
-            meter.data_wait(time.perf_counter() - waited)
-        except Exception:
-            # The state is intact (the step never ran): keep it before failing.
-            ckpt.save(step, state, train_iter, force=True)
-            ckpt.wait()
-            raise
-        for flag, values in batch[FLAGS].items():  # data problems counted on the host
-            flag_counts[flag] = flag_counts.get(flag, 0) + int(np.sum(values))
-        with jax.set_mesh(mesh):  # objectives with explicit collectives (shard_map) read it at trace time
-            state, step_metrics = train_step(state, parallel.host_to_global(model_inputs(batch), mesh))
-        step += 1
-        if step == start_step + 1:  # keep compilation out of the throughput figures
-            jax.block_until_ready(state)
-            meter.start(step)
+    def stop_for_signal(step: int):
+        ckpt.save(step, state, train_iter, force=True)
+        ckpt.wait()
+        say(f"{watch.signal_name}: saved step {step} in {ckpt.directory}; exiting to be resumed", flush=True)
+        raise Preempted(step, watch.signal_name)
 
-        if step % config.log_every_steps == 0 or step == config.total_steps:
-            step_metrics = {f"train/{k}": v for k, v in jax.device_get(step_metrics).items()}
-            step_metrics |= meter.report(step) | {f"data/{k}": v for k, v in flag_counts.items()}
-            logger.write(step, step_metrics)
-            say(metrics_lib.format_line(f"step {step}/{config.total_steps}", step_metrics), flush=True)
+    try:
+        if config.eval.at_start and start_step == 0:  # the untrained model's numbers, as a baseline
+            run_eval(0)
+        step = start_step
+        flag_counts: dict[str, int] = {}  # e.g. truncated captions, dropped bad inputs, since this start
+        once: dict[str, float] = {}
+        meter.start(step)
+        while step < config.total_steps:
+            ckpt.check_for_errors()  # a failed asynchronous save stops the run now, not at the next save
+            try:
+                waited = time.perf_counter()
+                batch = next(train_iter)
+                meter.data_wait(time.perf_counter() - waited)
+            except Exception:
+                if watch.signal_name:  # the signal also stopped the input workers
+                    stop_for_signal(step)
+                # The state is intact (the step never ran): keep it before failing.
+                ckpt.save(step, state, train_iter, force=True)
+                ckpt.wait()
+                raise
+            for flag, values in batch[FLAGS].items():  # data problems counted on the host
+                flag_counts[flag] = flag_counts.get(flag, 0) + int(np.sum(values))
+            inputs = parallel.host_to_global(model_inputs(batch), mesh)
+            profile.step_started(step)
+            with jax.set_mesh(mesh):  # objectives with explicit collectives (shard_map) read it at trace time
+                if step == start_step:  # compile ahead of time, to report how long it takes
+                    train_step, compile_seconds = profiling.timed_compile(train_step, state, inputs)
+                    once = {"compile_s": compile_seconds}  # goes into the next logged row
+                state, step_metrics = train_step(state, inputs)
+            step += 1
+            profile.step_finished(step, state)
+            if step == start_step + 1:  # keep compilation out of the throughput figures
+                jax.block_until_ready(state)
+                meter.start(step)
 
-        if config.eval.every_steps and step % config.eval.every_steps == 0 and step < config.total_steps:
-            meter.pause(step)
-            run_eval(step)
-            meter.start(step)
+            if step % config.log_every_steps == 0 or step == config.total_steps:
+                step_metrics = {f"train/{k}": v for k, v in jax.device_get(step_metrics).items()}
+                step_metrics |= meter.report(step) | {f"data/{k}": v for k, v in flag_counts.items()}
+                step_metrics |= profiling.device_memory() | once
+                once = {}
+                logger.write(step, step_metrics)
+                say(metrics_lib.format_line(f"step {step}/{config.total_steps}", step_metrics), flush=True)
+                _check_guard(config.guard, state)
 
-        if step == config.debug.sigkill_after_step:
-            _preempt_mid_save(ckpt, step, state, train_iter)
-        ckpt.save(step, state, train_iter, force=step == config.total_steps)
-    meter.pause(step)
-    ckpt.wait()
+            if config.eval.every_steps and step % config.eval.every_steps == 0 and step < config.total_steps:
+                meter.pause(step)
+                run_eval(step)
+                meter.start(step)
 
-    final = {**run_eval(step), "steps": step, "examples_per_sec": meter.mean_examples_per_sec}
-    logger.close()
-    ckpt.close()
+            if step == config.debug.sigkill_after_step:
+                _preempt_mid_save(ckpt, step, state, train_iter)
+            if step == config.debug.sigterm_after_step:
+                os.kill(os.getpid(), signal.SIGTERM)  # test hook: a real signal, handled as a scheduler's
+            if watch.should_stop(step):
+                stop_for_signal(step)
+            if ckpt.due(step) or step == config.total_steps:
+                _check_guard(config.guard, state)  # never save after steps the guard would stop on
+            ckpt.save(step, state, train_iter, force=step == config.total_steps)
+        meter.pause(step)
+        ckpt.wait()
+
+        final = run_eval(step) | {"steps": step}
+        if meter.train_steps:  # a resume at total_steps trained nothing: no throughput to report
+            final["examples_per_sec"] = meter.mean_examples_per_sec
+    finally:
+        watch.close()
+        train_iter.close()  # input worker processes and their shared memory
+        profile.close()
+        logger.close()
+        ckpt.close()
     say(metrics_lib.format_line("final:", final), flush=True)
     return final
+
+
+def _check_guard(guard_cfg, state) -> None:
+    """RunError when config.guard says to stop on the non-finite steps counted in state["guard"]."""
+    guard = {k: int(v) for k, v in jax.device_get(state["guard"]).items()}
+    if not guard["skipped"]:
+        return
+    what = (f"step {guard['last_bad_step']} had a non-finite loss or gradient norm; its update was not applied "
+            f"and no checkpoint holds one")
+    if guard_cfg.non_finite == "stop":
+        raise RunError(f"{what} (config.guard.non_finite='stop'). Lower config.optim.lr, check the data, or "
+                       f"skip such steps with --config.guard.non_finite=skip")
+    if guard["consecutive"] >= guard_cfg.max_consecutive_skips:
+        raise RunError(f"{guard['consecutive']} steps in a row up to {what} (config.guard.max_consecutive_skips="
+                       f"{guard_cfg.max_consecutive_skips}): the run diverged. Lower config.optim.lr or check the data")
 
 
 def _preempt_mid_save(ckpt, step, state, train_iter):

@@ -97,3 +97,31 @@ def test_plan_sizes_teacher_models():
     encoder = sum(leaf.total_bytes for leaf in p.leaves if leaf.path.startswith("params/image_encoder/"))
     assert teacher == encoder > 0  # the teacher mirrors the student's encoder
     assert "not traced" not in plan.format_plan(p, config, plan.parse_mesh("data=2"))
+
+
+def test_non_finite_step_leaves_params_optimiser_and_teacher_untouched(data2vec):
+    """The guard: a NaN in the input makes the loss NaN; that update (params, Adam moments, EMA
+    teacher) is dropped and counted with its step number; the next finite step applies as usual."""
+    _, setup, _, init, train_step, batch = data2vec
+
+    def host(tree):  # copies: on CPU, fetched arrays may share buffers that later steps reuse
+        return jax.tree.map(np.copy, jax.device_get(tree))
+    before = host(init())
+    poisoned = {k: (np.full_like(v, np.nan) if np.issubdtype(np.asarray(v).dtype, np.floating) else v)
+                for k, v in batch.items()}
+    after, metrics = host(train_step(init(), poisoned))
+    assert not np.isfinite(metrics["loss"])
+    for key in ("params", "opt_state", "teacher"):
+        for path, a, b in zip(jax.tree.leaves_with_path(before[key]), jax.tree.leaves(before[key]),
+                              jax.tree.leaves(after[key]), strict=True):
+            np.testing.assert_array_equal(a, b, err_msg=f"{key}{jax.tree_util.keystr(path[0])}")
+    assert after["step"] == 1 and metrics["skipped_steps"] == 1
+    assert {k: int(v) for k, v in after["guard"].items()} == {"skipped": 1, "consecutive": 1, "last_bad_step": 1}
+    again, metrics = host(train_step(jax.device_put(host(after)), batch))
+    assert np.isfinite(metrics["loss"]) and again["step"] == 2
+    assert {k: int(v) for k, v in again["guard"].items()} == {"skipped": 1, "consecutive": 0, "last_bad_step": 1}
+    # optax's schedule counted no update at the skipped step: this one runs at the schedule's step 0 (lr 0)
+    assert metrics["lr"] == setup.schedule(0) == 0
+    third, metrics = host(train_step(jax.device_put(host(again)), batch))
+    assert metrics["lr"] == pytest.approx(float(setup.schedule(1))) and metrics["lr"] > 0
+    assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(again["params"]), jax.tree.leaves(third["params"])))

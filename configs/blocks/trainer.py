@@ -67,7 +67,21 @@ def run(*, total_steps: int, batch_size: int, log_every_steps: int, checkpoint_e
         "sharding": sharding(fsdp_min_size),
         "accumulation": {"steps": 1, "mode": accumulation},  # steps: micro-batches per step, 1 = off
         "checkpoint": {"every_steps": checkpoint_every_steps, "keep": 3, "async_save": True},
-        "debug": {"sigkill_after_step": -1},  # test hook: SIGKILL the process right after step N
+        # A non-finite loss or gradient norm never reaches the params (mmjax.step): "skip" drops that
+        # update and counts it (the run stops after max_consecutive_skips in a row), "stop" ends the run
+        # at the first one, naming the step. Checkpoints are finite either way.
+        "guard": {"non_finite": "skip", "max_consecutive_skips": 20},
+        # Resuming with other values of the fields that change what a run computes is refused
+        # (mmjax.run_identity); batch_size may change only with this flag, which converts the data
+        # position exactly (in examples).
+        "resume": {"allow_batch_size_change": False},
+        # A jax.profiler trace of steps [start_step, start_step + num_steps) into <workdir>/profile
+        # (TensorBoard's profile plugin reads it); start_step -1: off.
+        "profile": {"start_step": -1, "num_steps": 3},
+        # Optional Weights & Biases sink (pip install 'mmjax[wandb]'); off while project is "".
+        "wandb": {"project": "", "entity": "", "name": "", "mode": "online"},
+        # Test hooks: SIGKILL the process (with a save in flight) / SIGTERM it right after step N.
+        "debug": {"sigkill_after_step": -1, "sigterm_after_step": -1},
     })
 
 

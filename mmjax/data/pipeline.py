@@ -32,6 +32,7 @@ import ml_collections
 import numpy as np
 
 from mmjax.batch_keys import EVAL_MASK, LABEL, PRESENT
+from mmjax.errors import ConfigError
 from mmjax.data.datasets import get_dataset
 from mmjax.data.example import bind_modalities
 from mmjax.data.tokenizer import Tokenizer
@@ -140,9 +141,10 @@ def make_train_iterator(data_cfg: ml_collections.ConfigDict, *, global_batch_siz
     the dataset's example transform (`mmjax.data.example.ExampleTransform`) makes (inputs of the configured
     modalities, "label", and the per-example "present" and "flags" dicts).
 
-    State: `get_state()` is {"next_index": <batches yielded>} (plain ints,
-    JSON-serialisable), the same on every process and for any data.num_workers;
-    `set_state()` of it on a freshly made iterator with the same arguments resumes bit-exactly.
+    State: `get_state()` is {"next_index": <batches yielded>, "examples_seen": <that many global
+    batches in examples>} (plain ints, JSON-serialisable), the same on every process and for any
+    data.num_workers; `set_state()` of it on a freshly made iterator with the same arguments
+    resumes bit-exactly, and one with another global batch size resumes at the same example.
     """
     if global_batch_size % shard_count:
         raise ValueError(f"global_batch_size {global_batch_size} is not divisible by shard_count {shard_count}")
@@ -161,7 +163,7 @@ def make_train_iterator(data_cfg: ml_collections.ConfigDict, *, global_batch_siz
     # Local batch j of the whole stream is rows [j*b, (j+1)*b); global batch t
     # is local batches t*S .. t*S+S-1, so shard k takes every S-th from k.
     ds = ds.batch(local_batch_size, drop_remainder=True)[shard_index::shard_count]
-    return BatchPositionIterator(ds, data_cfg)
+    return BatchPositionIterator(ds, data_cfg, global_batch_size)
 
 
 class BatchPositionIterator(grain.DatasetIterator):
@@ -170,11 +172,16 @@ class BatchPositionIterator(grain.DatasetIterator):
     With worker processes, Grain's own iterator state lists every worker's position, so a
     checkpoint would pin data.num_workers; this state, {"next_index": batches yielded}, is the
     same for any number of workers or threads, and a restored iterator restarts the workers at
-    that batch (`ds[next_index:]`: every batch is a pure function of its position)."""
+    that batch (`ds[next_index:]`: every batch is a pure function of its position).
 
-    def __init__(self, ds: grain.MapDataset, data_cfg: ml_collections.ConfigDict):
+    The state also holds the position in examples, so a run resumed with another global batch
+    size (config.resume.allow_batch_size_change) continues at the same example of the stream;
+    a position that is not a whole number of new batches is refused.
+    """
+
+    def __init__(self, ds: grain.MapDataset, data_cfg: ml_collections.ConfigDict, global_batch_size: int):
         super().__init__()
-        self._ds, self._data_cfg = ds, data_cfg
+        self._ds, self._data_cfg, self._global_batch_size = ds, data_cfg, global_batch_size
         self._next, self._it = 0, None
 
     def __next__(self):
@@ -185,11 +192,16 @@ class BatchPositionIterator(grain.DatasetIterator):
         return batch
 
     def get_state(self) -> dict:
-        return {"next_index": self._next}
+        return {"next_index": self._next, "examples_seen": self._next * self._global_batch_size}
 
     def set_state(self, state: dict) -> None:
         self.close()
-        self._next = int(state["next_index"])
+        examples = int(state.get("examples_seen", int(state["next_index"]) * self._global_batch_size))
+        if examples % self._global_batch_size:
+            raise ConfigError(f"config.batch_size={self._global_batch_size}: the checkpoint's data position, "
+                              f"{examples} examples, is not a whole number of batches of this size; pick a "
+                              f"batch size that divides it")
+        self._next = examples // self._global_batch_size
 
     def close(self) -> None:
         """Stops the worker processes (they also stop with the process)."""

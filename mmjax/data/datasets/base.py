@@ -59,6 +59,11 @@ class Dataset:
         if missing:
             raise ValueError(f"dataset {self.name} has no modality {sorted(missing)}; valid: {sorted(self.fields)}")
 
+    def config_problems(self) -> list[str]:
+        """One line per problem with this dataset's options that shows before any work (a directory
+        the config names that does not hold the data): mmjax.validate reports them at start-up."""
+        return []
+
     def open_split(self, split: str) -> grain.MapDataset:
         """Validated records of `split` in stored order, each with "_index", its position in the split."""
         raise NotImplementedError

@@ -81,15 +81,11 @@ class TfdsByName(Dataset):
         """The TFDS builder (cached) of the prepared files: by directory, or by name under data_dir."""
         if getattr(self, "_builder", None) is None:
             o = self.opts
-            if not (o.name or o.dir):
-                raise ValueError("data.tfds: set name (a TFDS dataset under data.data_dir) or dir (a prepared "
-                                 "dataset directory, which wins over name)")
+            problems = self.config_problems()
+            if problems:
+                raise ValueError(problems[0])
             if o.dir:
-                path = os.path.abspath(os.path.expanduser(o.dir))
-                if not os.path.isfile(os.path.join(path, "dataset_info.json")):
-                    raise ValueError(f"data.tfds.dir={o.dir!r} is not a prepared dataset directory (no "
-                                     f"dataset_info.json in {path}); write one with `python -m mmjax.ingest`")
-                builder = tfds.builder_from_directory(path)
+                builder = tfds.builder_from_directory(os.path.abspath(os.path.expanduser(o.dir)))
             else:
                 builder = tfds.builder_from_directory(self._prepared_dir())
             if builder.info.file_format != tfds.core.FileFormat.ARRAY_RECORD:
@@ -98,6 +94,25 @@ class TfdsByName(Dataset):
                                  f"--file_format=array_record` or convert it with `python -m mmjax.ingest`")
             self._builder = builder
         return self._builder
+
+    def config_problems(self) -> list[str]:
+        """Start-up checks (mmjax.validate, before any work): a dataset is named, and a directory the
+        config names (data.tfds.dir, or data.data_dir for a dataset by name) holds it prepared."""
+        o = self.opts
+        if not (o.name or o.dir):
+            return ["data.tfds: set name (a TFDS dataset under data.data_dir) or dir (a prepared "
+                    "dataset directory, which wins over name)"]
+        if o.dir:
+            path = os.path.abspath(os.path.expanduser(o.dir))
+            if not os.path.isfile(os.path.join(path, "dataset_info.json")):
+                return [f"data.tfds.dir={o.dir!r} is not a prepared dataset directory (no "
+                        f"dataset_info.json in {path}); write one with `python -m mmjax.ingest`"]
+        elif self.data_cfg.data_dir:  # the default data dir ($MMJAX_DATA_DIR, ~/.cache) is checked on first use
+            try:
+                self._prepared_dir()
+            except ValueError as e:
+                return [str(e)]
+        return []
 
     def _prepared_dir(self) -> str:
         """<data_dir>/<name>[/<config>]/<version> of a prepared dataset, the newest version unless
