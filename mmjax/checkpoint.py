@@ -23,6 +23,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 
 import grain
 import jax
@@ -62,6 +63,7 @@ class Checkpointer:
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data"))
         self._saving: int | None = None  # the step of the last save started (for error messages)
+        _drop_orbax_error_logs()
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -87,6 +89,11 @@ class Checkpointer:
         """Raises RunError if the last asynchronous save failed (cheap; the trainer calls it every step)."""
         with self._failure_as_run_error(self._saving):
             self._manager.check_for_errors()
+            # Orbax's finalize thread takes a failed commit's error for itself, where check_for_errors
+            # does not look; wait_until_finished re-raises it, and returns at once once no save runs.
+            if self._saving is not None and not self._manager.is_saving_in_progress():
+                self._manager.wait_until_finished()
+                self._saving = None
 
     @contextlib.contextmanager
     def _failure_as_run_error(self, step):
@@ -186,7 +193,11 @@ def one_line(e: BaseException, limit: int = 240) -> str:
     text = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
     text = text.split(" See full TensorStore details")[0]  # a repr of the whole store spec follows
     text = f"{type(e).__name__}: {text}" if text else type(e).__name__
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    if len(text) <= limit:
+        return text
+    # Both ends: the kind of failure comes first, the OS's reason ("No space left on device") last.
+    head = limit // 2 - 3
+    return f"{text[:head]} ... {text[-(limit - head - 5):]}"
 
 
 @jax.jit
@@ -254,6 +265,23 @@ def _quiet_orbax():
             lg.setLevel(level)
 
 
+class _DropOrbaxErrorLogs(logging.Filter):
+    """Orbax's worker threads log a failed write or read at ERROR level with its traceback (and
+    asyncio logs the orbax task that held it) before the failure reaches the trainer, which
+    reports it in one line (Checkpointer.check_for_errors / wait / restore_latest)."""
+
+    def filter(self, record):
+        from_orbax = f"{os.sep}orbax{os.sep}" in record.pathname or "orbax" in record.getMessage()
+        return not (record.levelno >= logging.ERROR and from_orbax)
+
+
+def _drop_orbax_error_logs() -> None:
+    for name in ("absl", "asyncio"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropOrbaxErrorLogs) for f in logger.filters):
+            logger.addFilter(_DropOrbaxErrorLogs())
+
+
 def _silence_stray_read_errors() -> None:
     if getattr(sys.excepthook, "mmjax_filter", False):
         return
@@ -271,6 +299,7 @@ def _silence_stray_read_errors() -> None:
             unraisablehook(info)
 
     filtered_excepthook.mmjax_filter = True
+    warnings.filterwarnings("ignore", message="coroutine '_read_array_index_and_device_put' was never awaited")
     sys.excepthook, sys.unraisablehook = filtered_excepthook, filtered_unraisablehook
 
 

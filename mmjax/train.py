@@ -16,6 +16,7 @@ step: mmjax.errors.Preempted), a failed checkpoint save or non-finite steps beyo
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -41,84 +42,88 @@ from mmjax.preemption import PreemptionWatch
 
 def train_and_evaluate(config, workdir: str, devices=None) -> dict:
     """Trains `config` in `workdir`, resuming from its latest checkpoint; returns final metrics."""
-    # ---------------------------------------------------------------- 1. setup
-    validate.check(config, workdir)  # every bad value at once, before anything is built
-    process_index, process_count = jax.process_index(), jax.process_count()
-    is_main = process_index == 0
-    os.makedirs(workdir, exist_ok=True)
-    say = print if is_main else (lambda *a, **k: None)
-    ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=config.checkpoint.every_steps,
-                                 keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
-    if ckpt.latest_step() is not None:  # a resume must continue the same run
-        run_identity.check_resume(config, workdir, say)
+    # Whatever ends the run (the last step, a signal, an error), what it opened is closed, in reverse order.
+    with contextlib.ExitStack() as cleanup:
+        # ---------------------------------------------------------------- 1. setup
+        validate.check(config, workdir)  # every bad value at once, before anything is built
+        process_index, process_count = jax.process_index(), jax.process_count()
+        is_main = process_index == 0
+        os.makedirs(workdir, exist_ok=True)
+        say = print if is_main else (lambda *a, **k: None)
+        ckpt = cleanup.enter_context(contextlib.closing(ckpt_lib.Checkpointer(
+            os.path.join(workdir, "checkpoints"), every_steps=config.checkpoint.every_steps,
+            keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)))
+        if ckpt.latest_step() is not None:  # a resume must continue the same run
+            run_identity.check_resume(config, workdir, say)
 
-    # ---------------------------------------------------------------- 2. mesh
-    mesh = parallel.make_mesh(config.mesh, devices)
-    dp = parallel.data_parallel_size(mesh)
-    for name, size in (("batch_size", config.batch_size), ("eval.batch_size", config.eval.batch_size)):
-        if size % dp or size % process_count:
-            raise ValueError(f"{name}={size} must divide over {dp} data-parallel devices and {process_count} processes")
-    accumulate.validate(config.accumulation, config.batch_size, dp)  # micro-batches split every device's rows
-    say(f"mesh: {dict(mesh.shape)} over {len(mesh.devices.flat)} {jax.default_backend()} devices, "
-        f"{process_count} process(es)")
+        # ---------------------------------------------------------------- 2. mesh
+        mesh = parallel.make_mesh(config.mesh, devices)
+        dp = parallel.data_parallel_size(mesh)
+        for name, size in (("batch_size", config.batch_size), ("eval.batch_size", config.eval.batch_size)):
+            if size % dp or size % process_count:
+                raise ValueError(f"{name}={size} must divide over {dp} data-parallel devices and {process_count} processes")
+        accumulate.validate(config.accumulation, config.batch_size, dp)  # micro-batches split every device's rows
+        say(f"mesh: {dict(mesh.shape)} over {len(mesh.devices.flat)} {jax.default_backend()} devices, "
+            f"{process_count} process(es)")
 
-    # ---------------------------------------------------------------- 3. parts
-    setup = step_lib.build(config)  # tokenizer, model, objective, optimiser
+        # ---------------------------------------------------------------- 3. parts
+        setup = step_lib.build(config)  # tokenizer, model, objective, optimiser
 
-    # ---------------------------------------------------------------- 4. data
-    train_iter = pipeline.make_train_iterator(
-        config.data, global_batch_size=config.batch_size, seed=config.seed, tokenizer=setup.tokenizer,
-        shard_index=process_index, shard_count=process_count)
-    evaluate = EvalRunner.from_config(config, setup.model, setup.tokenizer, mesh)  # params -> {metric: value}
+        # ---------------------------------------------------------------- 4. data
+        train_iter = pipeline.make_train_iterator(
+            config.data, global_batch_size=config.batch_size, seed=config.seed, tokenizer=setup.tokenizer,
+            shard_index=process_index, shard_count=process_count)
+        cleanup.callback(train_iter.close)  # input worker processes and their shared memory
+        evaluate = EvalRunner.from_config(config, setup.model, setup.tokenizer, mesh)  # params -> {metric: value}
 
-    # ---------------------------------------------------------------- 5. state
-    init_rng, train_rng = step_lib.run_rngs(config.seed)
-    layout = step_lib.state_layout(setup, mesh, init_rng)
-    num_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(layout.abstract["params"]))
-    say(f"model: {config.model.get('kind', 'contrastive')}, {num_params / 1e6:.2f}M params, "
-        f"modalities {list(config.data.modalities)}; objective {config.objective.name}")
+        # ---------------------------------------------------------------- 5. state
+        init_rng, train_rng = step_lib.run_rngs(config.seed)
+        layout = step_lib.state_layout(setup, mesh, init_rng)
+        num_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(layout.abstract["params"]))
+        say(f"model: {config.model.get('kind', 'contrastive')}, {num_params / 1e6:.2f}M params, "
+            f"modalities {list(config.data.modalities)}; objective {config.objective.name}")
 
-    # ---------------------------------------------------------------- 6. resume
-    restored = ckpt.restore_latest(ckpt_lib.abstract_like(layout.abstract, layout.shardings), train_iter, say)
-    if restored is None:
-        state = jax.jit(layout.init, out_shardings=layout.shardings)()
-        # Towers may start from finished runs' checkpoints: a frozen reference tower (CWCL), locked or
-        # fine-tuned towers (config.init_from). The teacher, if any, copies the student as it starts.
-        params = ckpt_lib.restore_reference(config.model, state["params"])
-        state["params"] = ckpt_lib.warm_start(config.get("init_from"), params)
-        if "teacher" in state and state["params"] is not params:
-            state["teacher"] = jax.jit(lambda p: teacher_lib.init(setup.model, p),
-                                       out_shardings=layout.shardings["teacher"])(state["params"])
-        start_step = 0
-    else:
-        start_step, state = restored
-        say(f"resumed from step {start_step}")
-    attempt = run_identity.record(config, workdir, start_step=start_step, mesh=mesh)
+        # ---------------------------------------------------------------- 6. resume
+        restored = ckpt.restore_latest(ckpt_lib.abstract_like(layout.abstract, layout.shardings), train_iter, say)
+        if restored is None:
+            state = jax.jit(layout.init, out_shardings=layout.shardings)()
+            # Towers may start from finished runs' checkpoints: a frozen reference tower (CWCL), locked or
+            # fine-tuned towers (config.init_from). The teacher, if any, copies the student as it starts.
+            params = ckpt_lib.restore_reference(config.model, state["params"])
+            state["params"] = ckpt_lib.warm_start(config.get("init_from"), params)
+            if "teacher" in state and state["params"] is not params:
+                state["teacher"] = jax.jit(lambda p: teacher_lib.init(setup.model, p),
+                                           out_shardings=layout.shardings["teacher"])(state["params"])
+            start_step = 0
+        else:
+            start_step, state = restored
+            say(f"resumed from step {start_step}")
+        attempt = run_identity.record(config, workdir, start_step=start_step, mesh=mesh)
 
-    # ---------------------------------------------------------------- 7. step
-    train_step = step_lib.jit_train_step(setup, train_rng, mesh, layout.shardings)
+        # ---------------------------------------------------------------- 7. step
+        train_step = step_lib.jit_train_step(setup, train_rng, mesh, layout.shardings)
 
-    # ---------------------------------------------------------------- 8. loop
-    logger = metrics_lib.MetricLogger(workdir, enabled=is_main, tensorboard=config.tensorboard,
-                                      resume_step=start_step if restored else None,
-                                      attempt=attempt["attempt"], wandb=config.wandb, run_config=config)
-    meter = metrics_lib.Throughput(config.batch_size, config.total_steps)
-    profile = profiling.ProfileWindow(config.profile, workdir, enabled=is_main)
-    watch = PreemptionWatch()  # SIGTERM / SIGINT: stop after the current step, saved
+        # ---------------------------------------------------------------- 8. loop
+        logger = metrics_lib.MetricLogger(workdir, enabled=is_main, tensorboard=config.tensorboard,
+                                          resume_step=start_step if restored else None,
+                                          attempt=attempt["attempt"], wandb=config.wandb, run_config=config)
+        cleanup.callback(logger.close)
+        meter = metrics_lib.Throughput(config.batch_size, config.total_steps)
+        profile = cleanup.enter_context(contextlib.closing(profiling.ProfileWindow(config.profile, workdir, enabled=is_main)))
+        watch = cleanup.enter_context(contextlib.closing(PreemptionWatch()))  # SIGTERM / SIGINT: stop after this step, saved
 
-    def run_eval(step: int) -> dict:
-        results = evaluate(state["params"])
-        logger.write(step, {f"eval/{k}": v for k, v in results.items()})
-        say(metrics_lib.format_line(f"eval {step}", results), flush=True)
-        return results
+        def run_eval(step: int) -> dict:
+            results = evaluate(state["params"])
+            logger.write(step, {f"eval/{k}": v for k, v in results.items()})
+            say(metrics_lib.format_line(f"eval {step}", results), flush=True)
+            return results
 
-    def stop_for_signal(step: int):
-        ckpt.save(step, state, train_iter, force=True)
-        ckpt.wait()
-        say(f"{watch.signal_name}: saved step {step} in {ckpt.directory}; exiting to be resumed", flush=True)
-        raise Preempted(step, watch.signal_name)
+        def stop_for_signal(step: int):
+            ckpt.save(step, state, train_iter, force=True)
+            ckpt.wait()
+            say(f"{watch.signal_name}: saved step {step} in {ckpt.directory}; exiting to be resumed", flush=True)
+            raise Preempted(step, watch.signal_name)
 
-    try:
         if config.eval.at_start and start_step == 0:  # the untrained model's numbers, as a baseline
             run_eval(0)
         step = start_step
@@ -182,14 +187,8 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
         final = run_eval(step) | {"steps": step}
         if meter.train_steps:  # a resume at total_steps trained nothing: no throughput to report
             final["examples_per_sec"] = meter.mean_examples_per_sec
-    finally:
-        watch.close()
-        train_iter.close()  # input worker processes and their shared memory
-        profile.close()
-        logger.close()
-        ckpt.close()
-    say(metrics_lib.format_line("final:", final), flush=True)
-    return final
+        say(metrics_lib.format_line("final:", final), flush=True)
+        return final
 
 
 def _check_guard(guard_cfg, state) -> None:

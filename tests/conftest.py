@@ -15,7 +15,7 @@ os.environ.setdefault("MMJAX_DATA_DIR", os.path.join(os.path.dirname(__file__), 
 # other idles (longest-processing-time-first scheduling; the order of the others is unchanged).
 LONGEST_FIRST = (
     "tests/test_multihost.py::test_two_processes_resume_exactly",
-    "tests/test_train.py::test_exact_resume_after_sigkill",
+    "tests/test_train.py::test_exact_resume_after_sigkill_and_sigterm",
     "tests/test_real_data.py::test_pod_clip_runs_with_data_real_on_a_converted_corpus",
     "tests/test_pod_configs.py::test_tiny_fake_run_trains_two_steps",
     "tests/test_train.py::test_four_modality_binding_trains_with_modality_dropout",

@@ -81,8 +81,9 @@ def _final_params(workdir):
     return step, state
 
 
-def test_exact_resume_after_sigkill(tmp_path):
-    """Straight 12 steps == 8 steps, SIGKILL mid-save, restart: losses and params bitwise equal.
+def test_exact_resume_after_sigkill_and_sigterm(tmp_path):
+    """Straight 12 steps == 9 steps and SIGKILL mid-save, restart, SIGTERM after step 10, restart:
+    losses and params bitwise equal.
     The killed and resumed runs read their data with two worker processes, the straight one in
     its own process: the stream and its checkpointed position do not depend on the workers."""
     straight, killed = tmp_path / "straight", tmp_path / "killed"
@@ -100,12 +101,22 @@ def test_exact_resume_after_sigkill(tmp_path):
     (partial / "state").mkdir(parents=True)
     (partial / "state" / "garbage").write_bytes(b"\x00" * 16)
 
-    p_resumed = _run_cli(killed, "--config.data.num_workers=2")
+    # The resumed run is preempted (SIGTERM after step 10): it saves step 10 and exits 143 ...
+    p_resumed = _run_cli(killed, "--config.data.num_workers=2", "--config.debug.sigterm_after_step=10")
     out_resumed, _ = p_resumed.communicate(timeout=300)
-    assert p_resumed.returncode == 0, out_resumed
+    assert p_resumed.returncode == 143, out_resumed
     resumed_from = int(out_resumed.split("resumed from step ")[1].split()[0])
     assert resumed_from in (8, 9), out_resumed  # 9 only if its in-flight save happened to commit
     assert not partial.exists()
+    assert "SIGTERM: saved step 10 in " in out_resumed and "Traceback" not in out_resumed
+    # ... and the next start continues from there.
+    p_last = _run_cli(killed)
+    out_last, _ = p_last.communicate(timeout=300)
+    assert p_last.returncode == 0, out_last
+    assert "resumed from step 10" in out_last
+    rows = [r for r in metrics.read_metrics(str(killed)) if "train/loss" in r]
+    assert [r["step"] for r in rows] == list(range(1, 13))  # each step once, replayed rows replaced
+    assert [r["attempt"] for r in rows][resumed_from:] == [2] * (10 - resumed_from) + [3, 3]
 
     ls, lk = _losses(straight), _losses(killed)
     assert sorted(ls) == list(range(1, 13))
