@@ -64,6 +64,7 @@ class Checkpointer:
         self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data"))
         self._saving: int | None = None  # the step of the last save started (for error messages)
         _drop_orbax_error_logs()
+        _silence_stray_read_errors()  # a failed write leaves the same stray callbacks as a failed read
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -74,6 +75,10 @@ class Checkpointer:
         self.check_for_errors()
         if force and step in self._manager.all_steps():
             return False  # already committed (e.g. a preemption right after a periodic save)
+        if self._saving is not None and (force or self._manager.should_save(step)):
+            # Orbax waits for the previous save before starting one: wait here, so that its
+            # failure is reported under its own step.
+            self.wait()
         with self._failure_as_run_error(step):
             started = self._manager.save(
                 step,
@@ -174,6 +179,7 @@ class Checkpointer:
         """Blocks until any in-flight async save is committed; RunError if it failed."""
         with self._failure_as_run_error(self._saving):
             self._manager.wait_until_finished()
+        self._saving = None
 
     def due(self, step: int) -> bool:
         """Whether `save(step)` would save (the interval)."""

@@ -113,7 +113,12 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
         watch = cleanup.enter_context(contextlib.closing(PreemptionWatch()))  # SIGTERM / SIGINT: stop after this step, saved
 
         def run_eval(step: int) -> dict:
-            results = evaluate(state["params"])
+            try:
+                results = evaluate(state["params"])
+            except Exception:
+                if watch.signal_name:  # a signal to the process group also stopped the eval's input workers
+                    stop_for_signal(step)
+                raise
             logger.write(step, {f"eval/{k}": v for k, v in results.items()})
             say(metrics_lib.format_line(f"eval {step}", results), flush=True)
             return results

@@ -237,7 +237,7 @@ def test_data2vec_resume_is_exact_including_the_teacher(data2vec_run, tmp_path):
     shutil.rmtree(resumed / "checkpoints" / "2")  # as if preempted after step 1's checkpoint
     train.train_and_evaluate(_data2vec_config(), str(resumed), devices=jax.devices()[:2])
     straight, again = _states(data2vec_run)[2], _states(resumed)[2]
-    assert set(straight) == set(again) == {"step", "params", "opt_state", "teacher"}
+    assert set(straight) == set(again) == {"step", "params", "opt_state", "teacher", "guard"}
     for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(straight)[0], jax.tree.leaves(again)):
         np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
 

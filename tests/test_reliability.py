@@ -203,3 +203,16 @@ def test_a_failed_async_save_surfaces_at_once_and_the_last_commit_still_restores
         assert step == 1
     finally:
         subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_retention_keeps_the_step_this_run_restored_from(finished, restore_parts, tmp_path):
+    """keep=1 would delete every older step after a new save; the one the run resumed from (the
+    one step known to restore) stays until a later start restores another."""
+    workdir = _copy(finished[0], tmp_path)
+    ckpt = ckpt_lib.Checkpointer(str(workdir / "checkpoints"), every_steps=1, keep=1, async_save=False)
+    step, state = ckpt.restore_latest(*restore_parts, say=lambda *a, **k: None)
+    for later in (step + 1, step + 2):
+        ckpt.save(later, state, restore_parts[1], force=True)
+    ckpt.wait()
+    assert ckpt.all_steps() == [step, step + 2]
+    ckpt.close()

@@ -42,11 +42,10 @@ def one_device_run(tmp_path_factory):
     return _losses(workdir), final
 
 
-# Each strategy is the same math on a different layout: only reduction order may differ.
+# Each strategy is the same math on a different layout: only reduction order may differ. FSDP and
+# tensor parallelism are run together (their specs alone: test_parallel_optim.py), to keep the suite short.
 STRATEGIES = {
     "data": {"mesh.data": 8},
-    "fsdp": {"mesh.data": 2, "mesh.fsdp": 4, "sharding.fsdp_min_size": 0},
-    "tensor": {"mesh.data": 4, "mesh.tensor": 2, "sharding.tensor_parallel": True},
     "fsdp_tensor": {"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2, "sharding.fsdp_min_size": 0,
                     "sharding.tensor_parallel": True},
     # the loss with explicit collectives (shard_map, all_gather) inside the trainer's step
