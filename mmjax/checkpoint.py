@@ -254,16 +254,14 @@ _ASYNC_NOISE = ("Event loop is closed", "Encountered error while reading array i
 
 @contextlib.contextmanager
 def _quiet_orbax():
-    """Orbax and TensorStore report a failed read with tracebacks: logged at ERROR level, and
-    printed by reads still in flight that finish after the restore gave up (into a closed event
-    loop, or as never-awaited coroutines). The caller reports the failure in one line instead, so
-    those are silenced: the logs during the attempt, the stray tracebacks for the rest of the run
-    (only these two messages; anything else is printed as before)."""
+    """Orbax and TensorStore log a failed read with a traceback at ERROR level; the caller reports
+    the failure in one line instead, so those logs are silenced during the attempt. (The stray
+    tracebacks of reads that finish after the restore gave up are filtered for the whole run by
+    `_silence_stray_read_errors`, installed with the Checkpointer.)"""
     loggers = [logging.getLogger(name) for name in ("absl", "orbax", "orbax.checkpoint", "jax")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.CRITICAL)
-    _silence_stray_read_errors()
     try:
         yield
     finally:
@@ -289,6 +287,9 @@ def _drop_orbax_error_logs() -> None:
 
 
 def _silence_stray_read_errors() -> None:
+    """Drops, for the rest of the process, only the tracebacks of reads and writes still in flight
+    when Orbax gave up (into its closed event loop, or never-awaited coroutines); the error
+    itself reaches the trainer and is reported in one line. Anything else prints as before."""
     if getattr(sys.excepthook, "mmjax_filter", False):
         return
     excepthook, unraisablehook = sys.excepthook, sys.unraisablehook
